@@ -1,0 +1,121 @@
+"""Frozen, validated configuration of the model.
+
+gin binds these dataclasses from the top level (see `block_recurrent.ginconf`); nothing below this module
+imports gin. Validation happens in `__post_init__`, so a bad configuration fails before any compute with
+one line naming the field and what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+GATES = ('fixed', 'lstm')
+WIRINGS = ('skip', 'dual', 'single')
+REMAT_POLICIES = ('none', 'full', 'dots', 'dots_no_batch')
+DTYPES = ('float32', 'bfloat16')
+
+
+class ConfigError(ValueError):
+  """A configuration or an input that cannot work; the message says what to change."""
+
+
+def _check(ok: bool, message: str) -> None:
+  if not ok:
+    raise ConfigError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Everything that determines the model's parameters and its computation.
+
+  Names follow brt.md: d_model = d, num_heads = H, head_dim = D, mlp_dim = F, window = W (block length),
+  segment_length = N, num_states = S.
+  """
+
+  vocab_size: int = 32128
+  num_layers: int = 12
+  extra_layers: int = 0  # added to num_layers: Slide:13L is the 12-layer size plus one, composed by include
+  d_model: int = 1024
+  num_heads: int = 8
+  head_dim: int = 128
+  mlp_dim: int = 4096
+  window: int = 512
+  segment_length: int = 4096
+
+  # Recurrence. An empty tuple is a plain sliding-window / Transformer-XL model.
+  recurrent_layers: tuple[int, ...] = ()
+  num_states: int = 512
+  gate: str = 'fixed'
+  wiring: str = 'skip'
+  feedback: bool = False
+  always_clear_state: bool = False
+
+  # Attention.
+  normalize_keys: bool = True  # L2-normalised keys/queries with learned temperatures; else 1/sqrt(D)
+  use_xl_cache: bool = True  # carry the last block's keys/values across segments
+  relative_buckets: int = 32
+  relative_max_distance: int = 128
+
+  dropout_rate: float = 0.05  # applied only when the model is called with deterministic=False
+  dtype: str = 'float32'  # compute dtype; parameters and the recurrent state are always float32
+
+  # How the blocks of a segment are executed (see model/blocks.py).
+  unroll: bool = False  # a Python loop over blocks instead of lax.scan
+  scan_unroll: int = 1  # lax.scan's unroll factor
+  remat: str = 'none'
+
+  def __post_init__(self):
+    positive = ('vocab_size', 'num_layers', 'd_model', 'num_heads', 'head_dim', 'mlp_dim', 'window',
+                'segment_length', 'num_states', 'relative_buckets', 'relative_max_distance', 'scan_unroll')
+    for name in positive:
+      value = getattr(self, name)
+      _check(isinstance(value, int) and value > 0,
+             f'ModelConfig.{name} must be a positive integer, got {value!r}')
+    _check(self.extra_layers >= 0, f'ModelConfig.extra_layers must be >= 0, got {self.extra_layers}')
+    _check(self.window <= self.segment_length,
+           f'window {self.window} is larger than segment_length {self.segment_length}: '
+           'use a window <= the segment length')
+    _check(self.segment_length % self.window == 0,
+           f'segment_length {self.segment_length} is not a multiple of window {self.window}: '
+           'make the segment a whole number of blocks')
+    _check(self.gate in GATES, f'unknown gate {self.gate!r}: choose one of {", ".join(GATES)}')
+    _check(self.wiring in WIRINGS, f'unknown wiring {self.wiring!r}: choose one of {", ".join(WIRINGS)}')
+    _check(self.remat in REMAT_POLICIES,
+           f'unknown remat policy {self.remat!r}: choose one of {", ".join(REMAT_POLICIES)}')
+    _check(self.dtype in DTYPES, f'unknown dtype {self.dtype!r}: choose one of {", ".join(DTYPES)}')
+    _check(0.0 <= self.dropout_rate < 1.0, f'dropout_rate must be in [0, 1), got {self.dropout_rate}')
+    _check(isinstance(self.recurrent_layers, (tuple, list)),
+           f'recurrent_layers must be a tuple of layer indices, got {self.recurrent_layers!r}')
+    total = self.total_layers
+    for index in self.recurrent_layers:
+      _check(isinstance(index, int) and -total <= index < total,
+             f'recurrent layer index {index!r} is out of range for a {total}-layer model: '
+             f'use an index in [{-total}, {total - 1}]')
+    resolved = [i % total for i in self.recurrent_layers]
+    _check(len(set(resolved)) == len(resolved),
+           f'recurrent_layers {self.recurrent_layers} name the same layer twice')
+    _check(not self.feedback or len(resolved) == 1,
+           f'feedback needs exactly one recurrent layer, got recurrent_layers={self.recurrent_layers}')
+
+  @property
+  def total_layers(self) -> int:
+    return self.num_layers + self.extra_layers
+
+  @property
+  def recurrent_indices(self) -> tuple[int, ...]:
+    """The recurrent layers as sorted non-negative indices."""
+    return tuple(sorted(i % self.total_layers for i in self.recurrent_layers))
+
+  @property
+  def num_blocks(self) -> int:
+    return self.segment_length // self.window
+
+  @property
+  def qkv_dim(self) -> int:
+    return self.num_heads * self.head_dim
+
+  def layer_kind(self, index: int) -> str:
+    """'recurrent', 'feedback' (a plain layer reading the state) or 'plain'."""
+    if index in self.recurrent_indices:
+      return 'recurrent'
+    return 'feedback' if self.feedback else 'plain'

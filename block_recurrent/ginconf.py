@@ -1,0 +1,75 @@
+"""gin at the top level only: parse composed gin files and bind the frozen ModelConfig.
+
+Gin files use `from __gin__ import dynamic_registration` and bind `configs.ModelConfig.<field>`; the
+library below never imports gin. Files are found relative to the working directory, the repository's
+`gin/` folder, or the repository root, so `gin/experiments/tiny/xl.gin` and `experiments/tiny/xl.gin`
+both work, and includes inside gin files are written relative to `gin/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util  # noqa: F401  (gin 0.5 on Python 3.11 needs it before dynamic_registration)
+import logging
+import pathlib
+from typing import Sequence
+
+import gin
+
+from block_recurrent import configs
+
+GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / 'gin'
+
+
+def _one_line(error: Exception) -> str:
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return ' '.join(lines[:4]) if lines else type(error).__name__
+
+
+def resolve(name: str) -> str:
+  """The path of a gin file given relative to ., gin/ or the repository root."""
+  for base in (pathlib.Path('.'), GIN_DIR, GIN_DIR.parent):
+    if (base / name).is_file():
+      return str(base / name)
+  raise configs.ConfigError(f'gin file {name!r} not found (looked in ., {GIN_DIR}, {GIN_DIR.parent})')
+
+
+@contextlib.contextmanager
+def _quiet_search():
+  """gin logs an ERROR for every search path an include is not under; only real failures matter."""
+  root = logging.getLogger()
+  level = root.level
+  root.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    root.setLevel(level)
+
+
+def parse(gin_files: Sequence[str] = (), gin_params: Sequence[str] = ()) -> None:
+  """Clears any earlier config and parses these files and bindings (later ones win)."""
+  gin.clear_config(clear_constants=True)
+  for path in (GIN_DIR.parent, GIN_DIR):
+    if str(path) not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
+      gin.add_config_file_search_path(str(path))
+  try:
+    with _quiet_search():
+      gin.parse_config_files_and_bindings([resolve(f) for f in gin_files], list(gin_params),
+                                          finalize_config=False, skip_unknown=False)
+  except configs.ConfigError:
+    raise
+  except Exception as e:  # gin raises several types; surface one line with the file and binding
+    raise configs.ConfigError(f'bad gin configuration: {_one_line(e)}') from None
+
+
+def bound_model_config() -> configs.ModelConfig:
+  """The ModelConfig that the parsed gin bindings describe."""
+  try:
+    return gin.get_configurable(configs.ModelConfig)()
+  except configs.ConfigError as e:
+    raise configs.ConfigError(str(e).splitlines()[0]) from None
+
+
+def model_config(gin_files: Sequence[str] = (), gin_params: Sequence[str] = ()) -> configs.ModelConfig:
+  parse(gin_files, gin_params)
+  return bound_model_config()

@@ -1,0 +1,1 @@
+"""Flax NNX modules of the Block-Recurrent Transformer and its baselines."""

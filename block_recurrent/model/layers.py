@@ -1,0 +1,52 @@
+"""Small building blocks shared by every layer: parameter initialisers, RMSNorm, projections, dropout."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+
+def variance_scaling(rngs: nnx.Rngs, shape, in_axis, scale: float = 1.0) -> nnx.Param:
+  """Truncated-normal fan-in variance scaling, the initialiser of every projection in the paper."""
+  out_axis = tuple(i for i in range(len(shape)) if i not in (in_axis if isinstance(in_axis, tuple)
+                                                              else (in_axis,)))
+  init = jax.nn.initializers.variance_scaling(scale, 'fan_in', 'truncated_normal', in_axis=in_axis,
+                                               out_axis=out_axis)
+  return nnx.Param(init(rngs.params(), shape, jnp.float32))
+
+
+def normal(rngs: nnx.Rngs, shape, stddev: float) -> nnx.Param:
+  return nnx.Param(stddev * jax.random.normal(rngs.params(), shape, jnp.float32))
+
+
+def project(x: Array, kernel: nnx.Param, spec: str, dtype) -> Array:
+  """einsum of an activation with a float32 kernel, both cast to the compute dtype."""
+  return jnp.einsum(spec, x.astype(dtype), kernel[...].astype(dtype))
+
+
+class RMSNorm(nnx.Module):
+  """Root-mean-square norm with a learned scale only (no mean, no bias), computed in float32."""
+
+  def __init__(self, dim: int, eps: float = 1e-6):
+    self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+    self.eps = eps
+
+  def __call__(self, x: Array, dtype=jnp.float32) -> Array:
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (x32 * self.scale[...]).astype(dtype)
+
+
+def dropout(x: Array, rate: float, key: Array | None) -> Array:
+  """Inverted dropout; `key=None` means deterministic (the default everywhere)."""
+  if key is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def split_key(key: Array | None, num: int) -> list[Array | None]:
+  return [None] * num if key is None else list(jax.random.split(key, num))

@@ -1,0 +1,118 @@
+"""The decoder language model: (tokens, carry, start_of_sequence) -> (logits, carry).
+
+    tokens [B, N] -> embed -> blocks of W tokens, scanned in order through all layers -> RMSNorm
+                  -> logits = y @ E^T / sqrt(d)  (tied embedding)
+
+The carry (model/carry.py) holds each layer's last keys/values and each recurrent layer's state. Inside a
+segment it flows from block to block with gradients; between segments it is passed in and out by the
+caller, and gradients stop at the segment boundary (truncated backpropagation through one segment).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from block_recurrent.configs import ConfigError, ModelConfig
+from block_recurrent.model import blocks, carry as carry_lib, layers, transformer
+
+Array = jax.Array
+Carry = carry_lib.Carry
+
+
+class LanguageModel(nnx.Module):
+
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    self.config = config
+    self.embed = layers.normal(rngs, (config.vocab_size, config.d_model), 1.0)
+    self.layers = nnx.List([transformer.Layer(config, config.layer_kind(i), rngs)
+                            for i in range(config.total_layers)])
+    self.final_norm = layers.RMSNorm(config.d_model)
+
+  @property
+  def recurrent_layers(self) -> list[transformer.Layer]:
+    return [self.layers[i] for i in self.config.recurrent_indices]
+
+  def init_carry(self, batch_size: int) -> Carry:
+    """A carry for `batch_size` rows: empty caches (masked) and the learned initial states."""
+    cfg = self.config
+    keys, values = carry_lib.zeros_cache(cfg.total_layers, batch_size, cfg.window, cfg.num_heads,
+                                         cfg.head_dim, jnp.dtype(cfg.dtype))
+    states = tuple(jnp.broadcast_to(layer.state.initial[...], (batch_size,) + layer.state.initial.shape)
+                   for layer in self.recurrent_layers)
+    return Carry(keys=keys, values=values, cache_valid=jnp.zeros((batch_size,), bool), states=states)
+
+  def check_inputs(self, tokens_BxN, carry: Carry, start_B) -> None:
+    """Clear one-line errors for inputs that cannot work, before anything reaches XLA."""
+    cfg = self.config
+    shape = np.shape(tokens_BxN)
+    if len(shape) != 2:
+      raise ConfigError(f'tokens must be int32 [batch, length], got shape {shape}')
+    b, n = shape
+    if n < cfg.window:
+      raise ConfigError(f'window {cfg.window} is larger than the segment ({n} tokens): '
+                        f'pass at least {cfg.window} tokens or use a smaller window')
+    if n % cfg.window:
+      raise ConfigError(f'segment of {n} tokens is not a multiple of the window {cfg.window}: '
+                        f'pad or cut it to a multiple of {cfg.window}')
+    if np.shape(start_B) != (b,):
+      raise ConfigError(f'start_of_sequence must be bool [{b}], got shape {np.shape(start_B)}')
+    if carry.batch_size != b:
+      raise ConfigError(f'carry is for batch size {carry.batch_size} but tokens have {b} rows: '
+                        f'use model.init_carry({b})')
+    if not isinstance(tokens_BxN, jax.core.Tracer):
+      tokens = np.asarray(tokens_BxN)
+      if not np.issubdtype(tokens.dtype, np.integer):
+        raise ConfigError(f'tokens must be integer ids, got dtype {tokens.dtype}')
+      if tokens.size and (tokens.min() < 0 or tokens.max() >= cfg.vocab_size):
+        raise ConfigError(f'token ids must lie in [0, {cfg.vocab_size}) for vocab_size {cfg.vocab_size}, '
+                          f'got min {tokens.min()} max {tokens.max()}')
+
+  def __call__(self, tokens_BxN: Array, carry: Carry, start_of_sequence_B: Array, *,
+               deterministic: bool = True, dropout_key: Array | None = None):
+    """Logits [B, N, V] (float32) for one segment, and the carry for the next segment."""
+    self.check_inputs(tokens_BxN, carry, start_of_sequence_B)
+    if not deterministic and dropout_key is None:
+      raise ConfigError('deterministic=False needs a dropout_key (a jax.random key)')
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    window = cfg.window
+    rec = cfg.recurrent_indices
+
+    carry = jax.tree.map(jax.lax.stop_gradient, carry)
+    carry = carry_lib.reset_where(carry, jnp.asarray(start_of_sequence_B, bool),
+                                  tuple(layer.state.initial[...] for layer in self.recurrent_layers),
+                                  clear_all=cfg.always_clear_state, keep_cache=cfg.use_xl_cache)
+    biases = [layer.bias_matrix(window) for layer in self.layers]
+    x = self.embed[...].astype(dtype)[tokens_BxN]
+
+    def step(c: Carry, x_BxWxD: Array, block_index: Array):
+      key = None if deterministic else jax.random.fold_in(dropout_key, block_index)
+      keys = layers.split_key(key, len(self.layers))
+      proj = {i: self.layers[i].state.project(c.states[r]) for r, i in enumerate(rec)}
+      feedback = proj[rec[0]] if cfg.feedback else None
+      new_k, new_v, new_states = [], [], list(c.states)
+      for i, layer in enumerate(self.layers):
+        r = rec.index(i) if i in rec else None
+        x_BxWxD, k, v, s = layer(
+            x_BxWxD, c.keys[i], c.values[i], c.cache_valid, biases[i],
+            state=None if r is None else c.states[r],
+            state_proj=proj[i] if r is not None else feedback, dropout_key=keys[i])
+        new_k.append(k)
+        new_v.append(v)
+        if r is not None:
+          new_states[r] = s
+      new_carry = Carry(keys=tuple(new_k), values=tuple(new_v),
+                        cache_valid=jnp.ones_like(c.cache_valid), states=tuple(new_states))
+      return new_carry, x_BxWxD
+
+    carry, y = blocks.run_blocks(step, carry, x, window, unroll=cfg.unroll, scan_unroll=cfg.scan_unroll,
+                                 remat=cfg.remat)
+    y = self.final_norm(y, dtype)
+    logits = jnp.einsum('bnd,vd->bnv', y, self.embed[...].astype(dtype),
+                        preferred_element_type=jnp.float32) / math.sqrt(cfg.d_model)
+    return logits, carry

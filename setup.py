@@ -1,0 +1,27 @@
+"""block-recurrent: Block-Recurrent Transformers and recurrent linear transformers in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+    name='block-recurrent',
+    version='0.1.0',
+    description=__doc__.strip(),
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    python_requires='>=3.11',
+    packages=setuptools.find_packages(include=['block_recurrent', 'block_recurrent.*']),
+    install_requires=[
+        'jax>=0.10.2,<0.11',
+        'flax>=0.12.8,<0.13',
+        'optax>=0.2.8,<0.3',
+        'orbax-checkpoint>=0.12.8,<0.13',
+        'gin-config>=0.5.0,<0.6',
+        'seqio>=0.0.20,<0.1',
+        'tensorflow-datasets>=4.9.10,<4.10',
+        'sentencepiece>=0.2,<0.3',
+        'importlib_resources>=6',
+        'numpy>=2',
+    ],
+    extras_require={'test': ['pytest>=8', 'hypothesis>=6.100']},
+    entry_points={'console_scripts': ['brt-info=block_recurrent.info:run']},
+)
