@@ -35,7 +35,7 @@ def count_params(model: LanguageModel) -> int:
 
 
 def functional(model: LanguageModel):
-  """(params, apply) with `apply(params, tokens, carry, start) -> (logits, carry)` jitted once.
+  """(params, apply, graphdef); `apply(params, tokens, carry, start[, dropout_key]) -> (logits, carry)`.
 
   The functional core that training and tests use: parameters are a pytree, the module structure is
   fixed, and every call with the same shapes reuses one compilation.
@@ -43,11 +43,12 @@ def functional(model: LanguageModel):
   graphdef, params = nnx.split(model)
 
   @jax.jit
-  def apply(params, tokens_BxN, carry, start_B):
-    return nnx.merge(graphdef, params)(tokens_BxN, carry, start_B)
+  def apply(params, tokens_BxN, carry, start_B, dropout_key=None):
+    return nnx.merge(graphdef, params)(tokens_BxN, carry, start_B, deterministic=dropout_key is None,
+                                       dropout_key=dropout_key)
 
-  def checked_apply(params, tokens_BxN, carry, start_B):
+  def checked_apply(params, tokens_BxN, carry, start_B, dropout_key=None):
     model.check_inputs(tokens_BxN, carry, start_B)
-    return apply(params, tokens_BxN, carry, start_B)
+    return apply(params, tokens_BxN, carry, start_B, dropout_key)
 
   return params, checked_apply, graphdef

@@ -1,4 +1,4 @@
-"""Attention math shared by every direction: window masks, T5 relative position buckets, attend().
+r"""Attention math shared by every direction: window masks, T5 relative position buckets, attend().
 
 Who attends to whom, for one block t of W tokens (B batch rows, H heads of size D, S states):
 

@@ -78,17 +78,25 @@ class LanguageModel(nnx.Module):
     self.check_inputs(tokens_BxN, carry, start_of_sequence_B)
     if not deterministic and dropout_key is None:
       raise ConfigError('deterministic=False needs a dropout_key (a jax.random key)')
+    x = self.embed[...].astype(jnp.dtype(self.config.dtype))[tokens_BxN]
+    return self.apply_embedded(x, carry, start_of_sequence_B, dropout_key=None if deterministic
+                               else dropout_key)
+
+  def apply_embedded(self, x_BxNxD: Array, carry: Carry, start_of_sequence_B: Array, *,
+                     dropout_key: Array | None = None):
+    """The model from embedded inputs on: what causality is tested through (gradients wrt x)."""
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     window = cfg.window
     rec = cfg.recurrent_indices
+    deterministic = dropout_key is None
+    x = x_BxNxD.astype(dtype)
 
     carry = jax.tree.map(jax.lax.stop_gradient, carry)
     carry = carry_lib.reset_where(carry, jnp.asarray(start_of_sequence_B, bool),
                                   tuple(layer.state.initial[...] for layer in self.recurrent_layers),
                                   clear_all=cfg.always_clear_state, keep_cache=cfg.use_xl_cache)
     biases = [layer.bias_matrix(window) for layer in self.layers]
-    x = self.embed[...].astype(dtype)[tokens_BxN]
 
     def step(c: Carry, x_BxWxD: Array, block_index: Array):
       key = None if deterministic else jax.random.fold_in(dropout_key, block_index)

@@ -1,0 +1,43 @@
+"""Tiny model variants shared by the test modules (every variant the paper compares, at tiny size)."""
+
+import dataclasses
+
+import jax
+import numpy as np
+
+import block_recurrent as brt
+
+TINY = brt.ModelConfig(vocab_size=260, num_layers=3, d_model=32, num_heads=2, head_dim=16, mlp_dim=64,
+                       window=8, segment_length=32, num_states=4, dropout_rate=0.05)
+
+VARIANTS = {
+    'slide': {},
+    'xl': dict(window=16, segment_length=16),
+    'rec_fixed_skip': dict(recurrent_layers=(-2,)),
+    'rec_fixed_dual': dict(recurrent_layers=(-2,), wiring='dual'),
+    'rec_fixed_single': dict(recurrent_layers=(-2,), wiring='single'),
+    'rec_lstm_skip': dict(recurrent_layers=(-2,), gate='lstm'),
+    'rec_lstm_dual': dict(recurrent_layers=(-2,), gate='lstm', wiring='dual'),
+    'rec_lstm_single': dict(recurrent_layers=(-2,), gate='lstm', wiring='single'),
+    'feedback_fixed_skip': dict(recurrent_layers=(1,), feedback=True),
+    'rec_two_layers': dict(recurrent_layers=(0, -1), gate='lstm'),
+    'rec_clear_state': dict(recurrent_layers=(-2,), always_clear_state=True),
+    'rec_plain_scaling': dict(recurrent_layers=(-2,), normalize_keys=False),
+    'slide_no_xl_cache': dict(use_xl_cache=False),
+}
+RECURRENT = [name for name, kw in VARIANTS.items() if kw.get('recurrent_layers')]
+
+
+def config(name: str, **overrides) -> brt.ModelConfig:
+  return dataclasses.replace(TINY, **{**VARIANTS[name], **overrides})
+
+
+def tokens(seed: int, batch: int, length: int, vocab: int = 260) -> np.ndarray:
+  return np.random.default_rng(seed).integers(0, vocab, (batch, length)).astype(np.int32)
+
+
+def assert_close(a, b, tol, what=''):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    err = np.max(np.abs(x - y)) if x.size else 0.0
+    assert err <= tol, f'{what}: max abs difference {err:.3g} > {tol}'
