@@ -1,0 +1,89 @@
+"""Attention math: the window mask, T5 buckets, and the masked-softmax edge cases (per layer, 1e-5)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from block_recurrent.model import attention
+
+
+@given(st.integers(1, 40))
+@settings(max_examples=25, deadline=None)
+def test_window_mask_sees_exactly_the_previous_w_tokens(w):
+  mask = attention.window_mask(w)
+  assert mask.shape == (w, 2 * w)
+  for i in range(w):
+    query = w + i  # absolute position of query i among the 2W keys
+    visible = np.nonzero(mask[i])[0]
+    np.testing.assert_array_equal(visible, np.arange(query - w, query))
+    assert not mask[i, query] if query < 2 * w else True  # never itself
+
+
+def _t5_bucket(n, num_buckets=32, max_distance=128):
+  """T5's unidirectional bucket, written out scalar by scalar as an independent reference."""
+  exact = num_buckets // 2
+  if n < exact:
+    return n
+  value = exact + int(math.log(n / exact) / math.log(max_distance / exact) * (num_buckets - exact))
+  return min(value, num_buckets - 1)
+
+
+def test_relative_buckets_match_t5():
+  w = 200
+  buckets = attention.relative_buckets(w)
+  for i in (0, 1, 7, 15, 16, 100, 199):
+    for j in range(2 * w):
+      assert buckets[i, j] == _t5_bucket(max(w + i - j, 0)), (i, j)
+  assert buckets.max() == 31 and set(np.unique(buckets)) == set(range(32))
+
+
+def test_token_never_attends_to_itself():
+  w, h, d = 4, 2, 8
+  k = jax.random.normal(jax.random.key(0), (1, 2 * w, h, d))
+  v = jax.random.normal(jax.random.key(1), (1, 2 * w, h, d))
+  q = jax.random.normal(jax.random.key(2), (1, w, h, d))
+  mask = jnp.asarray(attention.window_mask(w))[None]
+  for i in range(w):
+    jac = jax.grad(lambda v: attention.attend(q, k, v, scale_H=1.0, mask_BxQxK=mask)[0, i].sum())(v)
+    per_key = np.abs(np.asarray(jac[0])).sum(axis=(1, 2))
+    assert per_key[w + i] == 0.0  # its own value
+    assert np.all(per_key[i:w + i] > 0) and np.all(per_key[w + i:] == 0) and np.all(per_key[:i] == 0)
+
+
+def test_fully_masked_row_gives_zeros_not_nan():
+  q = jax.random.normal(jax.random.key(0), (2, 3, 2, 4))
+  k = jax.random.normal(jax.random.key(1), (2, 5, 2, 4))
+  v = jax.random.normal(jax.random.key(2), (2, 5, 2, 4))
+  mask = np.ones((2, 3, 5), bool)
+  mask[0, 1] = False  # one query of row 0 sees nothing
+  mask[1] = False  # nothing at all for row 1
+  out = attention.attend(q, k, v, scale_H=jnp.ones(2), mask_BxQxK=mask)
+  assert np.all(np.isfinite(np.asarray(out)))
+  np.testing.assert_array_equal(np.asarray(out[0, 1]), 0.0)
+  np.testing.assert_array_equal(np.asarray(out[1]), 0.0)
+  assert np.abs(np.asarray(out[0, 0])).sum() > 0
+  grads = jax.grad(lambda q, k, v: attention.attend(q, k, v, scale_H=jnp.ones(2), mask_BxQxK=mask).sum(),
+                   argnums=(0, 1, 2))(q, k, v)
+  assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
+
+
+def test_attend_matches_plain_softmax_attention():
+  q = jax.random.normal(jax.random.key(3), (1, 3, 2, 4))
+  k = jax.random.normal(jax.random.key(4), (1, 6, 2, 4))
+  v = jax.random.normal(jax.random.key(5), (1, 6, 2, 4))
+  bias = jax.random.normal(jax.random.key(6), (2, 3, 6))
+  tau = jnp.array([0.5, 2.0])
+  out = attention.attend(q, k, v, scale_H=tau, bias_HxQxK=bias)
+  logits = (np.einsum('qhd,khd->hqk', q[0], k[0]) + np.asarray(bias)) * np.asarray(tau)[:, None, None]
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  np.testing.assert_allclose(np.asarray(out[0]), np.einsum('hqk,khd->qhd', probs, v[0]), atol=1e-5)
+
+
+def test_l2_normalize_unit_norm():
+  x = jax.random.normal(jax.random.key(7), (3, 5, 16)) * 10
+  norms = np.linalg.norm(np.asarray(attention.l2_normalize(x)), axis=-1)
+  np.testing.assert_allclose(norms, 1.0, atol=1e-5)
