@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from block_recurrent.model import layers
+
 Array = jax.Array
 
 _NEG = -1e30  # finite, so a fully masked row stays NaN-free before it is zeroed
@@ -51,6 +53,13 @@ def relative_buckets(window: int, num_buckets: int = 32, max_distance: int = 128
   return np.where(n < exact, n, large).astype(np.int32)
 
 
+@functools.lru_cache(maxsize=None)
+def relative_one_hot(window: int, num_buckets: int = 32, max_distance: int = 128) -> np.ndarray:
+  """float32 [W, 2W, num_buckets]: the buckets of relative_buckets() as one-hot vectors."""
+  buckets = relative_buckets(window, num_buckets, max_distance)
+  return (buckets[..., None] == np.arange(num_buckets)).astype(np.float32)
+
+
 def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
   x32 = x.astype(jnp.float32)
   x32 = x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True) + eps)
@@ -60,23 +69,32 @@ def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
 def attend(q_BxQxHxD: Array, k_BxKxHxD: Array, v_BxKxHxD: Array, *, scale_H: Array | float,
            bias_HxQxK: Array | None = None, mask_BxQxK: Array | None = None,
            dropout_rate: float = 0.0, dropout_key: Array | None = None) -> Array:
-  """Softmax attention, logits = scale * (q.k + bias), softmax in float32.
+  """Softmax attention with logits = scale * (q.k + bias); the softmax runs in float32.
 
   A query whose keys are all masked returns zeros (never NaN), so a document start without a previous
-  block simply reads nothing from it.
+  block simply reads nothing from it. For speed the [B, H, Q, K] tensor is touched as few times as
+  possible: the scale goes onto q (and the bias), and the softmax is normalised after the value matmul.
   """
-  logits = jnp.einsum('bqhd,bkhd->bhqk', q_BxQxHxD, k_BxKxHxD, preferred_element_type=jnp.float32)
-  if bias_HxQxK is not None:
-    logits = logits + bias_HxQxK.astype(jnp.float32)
   scale = jnp.asarray(scale_H, jnp.float32)
-  logits = logits * (scale[None, :, None, None] if scale.ndim else scale)
+  scale_h = scale[:, None] if scale.ndim else scale
+  if scale.ndim:
+    scale_h = layers.broadcast_param(scale_h, q_BxQxHxD.shape[:2])
+  q = (q_BxQxHxD.astype(jnp.float32) * scale_h).astype(q_BxQxHxD.dtype)
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k_BxKxHxD, preferred_element_type=jnp.float32)
+  if bias_HxQxK is not None:
+    bias = bias_HxQxK.astype(jnp.float32) * (scale[:, None, None] if scale.ndim else scale)
+    logits = logits + layers.broadcast_param(bias, logits.shape[:1])
   if mask_BxQxK is not None:
-    mask = mask_BxQxK[:, None]
-    logits = jnp.where(mask, logits, _NEG)
-  probs = jax.nn.softmax(logits, axis=-1)
-  if mask_BxQxK is not None:
-    probs = probs * jnp.any(mask, axis=-1, keepdims=True)
+    logits = jnp.where(mask_BxQxK[:, None], logits, _NEG)
+  top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  weights = jnp.exp(logits - top)
+  total = jnp.sum(weights, axis=-1)  # [B, H, Q]
   if dropout_key is not None and dropout_rate > 0.0:
-    keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, probs.shape)
-    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-  return jnp.einsum('bhqk,bkhd->bqhd', probs.astype(v_BxKxHxD.dtype), v_BxKxHxD)
+    keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, weights.shape)
+    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+  out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(v_BxKxHxD.dtype), v_BxKxHxD,
+                   preferred_element_type=jnp.float32)
+  inv = 1.0 / jnp.transpose(total, (0, 2, 1))[..., None]  # [B, Q, H, 1]
+  if mask_BxQxK is not None:
+    inv = inv * jnp.any(mask_BxQxK, axis=-1)[:, :, None, None]
+  return (out * inv).astype(v_BxKxHxD.dtype)

@@ -101,7 +101,7 @@ class RecurrentState(nnx.Module):
 
   def project(self, c_BxSxD: Array) -> StateProjections:
     """Keys, values and queries of the state; they depend only on the carried state."""
-    c_hat = self.norm(c_BxSxD) + self.ids[...]
+    c_hat = self.norm(c_BxSxD) + layers.broadcast_param(self.ids[...], c_BxSxD.shape[:1])
     k, v, q, q2 = jnp.unstack(layers.project(c_hat, self.qkv, 'bsd,dnhk->nbshk', self.dtype))
     if self.config.normalize_keys:
       k, q, q2 = (attention.l2_normalize(t) for t in (k, q, q2))

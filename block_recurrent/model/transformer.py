@@ -42,9 +42,10 @@ class Layer(nnx.Module):
 
   def bias_matrix(self, window: int) -> Array:
     """T5 bias [H, W, 2W] for a block; computed once per layer per call, reused by every block."""
-    buckets = attention.relative_buckets(window, self.config.relative_buckets,
+    one_hot = attention.relative_one_hot(window, self.config.relative_buckets,
                                          self.config.relative_max_distance)
-    return self.relative_bias[...][:, buckets]
+    # A one-hot matmul rather than a gather: its gradient is a matmul too, not a slow scatter-add.
+    return jnp.einsum('hn,qkn->hqk', self.relative_bias[...], one_hot)
 
   def _scale(self, source: int):
     if self.config.normalize_keys:
