@@ -59,7 +59,10 @@ class ModelConfig:
   dropout_rate: float = 0.05  # applied only when the model is called with deterministic=False
   dtype: str = 'float32'  # compute dtype; parameters and the recurrent state are always float32
 
-  # How the blocks of a segment are executed (see model/blocks.py).
+  # How the blocks of a segment are executed (see model/blocks.py). By default each layer processes the
+  # whole segment (large matmuls) and only the recurrent state is scanned block by block; block_major runs
+  # the whole stack one block at a time (what feedback needs, and the form generation uses).
+  block_major: bool = False
   unroll: bool = False  # a Python loop over blocks instead of lax.scan
   scan_unroll: int = 1  # lax.scan's unroll factor
   remat: str = 'none'

@@ -1,8 +1,10 @@
 """The one place that splits a segment into blocks and runs them in order, carrying the state.
 
 `run_blocks(step, carry, x_BxNx..., window)` calls `step(carry, x_block, block_index) -> (carry, y_block)`
-once per block of W tokens, either with `jax.lax.scan` (the default; one compiled body) or with a Python
-loop (`unroll=True`, the reference the scan is tested against). `remat` wraps the step in
+once per block of W tokens (the whole stack, block by block); `scan(step, carry, xs_T)` does the same over
+inputs already arranged by block (a recurrent layer's state update in the segment form). Both run with
+`jax.lax.scan` (the default; one compiled body) or with a Python loop (`unroll=True`, the reference the
+scan is tested against). `remat` wraps the step in
 `jax.checkpoint` with a named policy so that a long segment's activations need not all be stored.
 """
 
@@ -35,20 +37,25 @@ def merge_blocks(x_TxBxW: Array) -> Array:
   return x.reshape((x.shape[0], x.shape[1] * x.shape[2]) + x.shape[3:])
 
 
-def run_blocks(step: Callable, carry, x_BxN: Array, window: int, *, unroll: bool = False,
-               scan_unroll: int = 1, remat: str = 'none'):
-  """Runs `step` over the blocks of x in order; returns (final carry, outputs merged back to [B, N, ...])."""
-  blocks = split_blocks(x_BxN, window)
-  indices = jnp.arange(blocks.shape[0], dtype=jnp.int32)
+def scan(step: Callable, carry, xs_T, *, unroll: bool = False, scan_unroll: int = 1, remat: str = 'none'):
+  """Runs `step(carry, x_t, t) -> (carry, y_t)` over the leading (block) axis of the pytree xs_T."""
+  num = jax.tree.leaves(xs_T)[0].shape[0]
+  indices = jnp.arange(num, dtype=jnp.int32)
   body = lambda c, xs: step(c, xs[0], xs[1])
   if remat != 'none':
     body = jax.checkpoint(body, policy=REMAT_POLICIES[remat], prevent_cse=unroll)
   if unroll:
     outputs = []
-    for t in range(blocks.shape[0]):
-      carry, y = body(carry, (blocks[t], indices[t]))
+    for t in range(num):
+      carry, y = body(carry, (jax.tree.map(lambda a: a[t], xs_T), indices[t]))
       outputs.append(y)
-    ys = jax.tree.map(lambda *a: jnp.stack(a), *outputs)
-  else:
-    carry, ys = jax.lax.scan(body, carry, (blocks, indices), unroll=scan_unroll)
+    return carry, jax.tree.map(lambda *a: jnp.stack(a), *outputs)
+  return jax.lax.scan(body, carry, (xs_T, indices), unroll=scan_unroll)
+
+
+def run_blocks(step: Callable, carry, x_BxN: Array, window: int, *, unroll: bool = False,
+               scan_unroll: int = 1, remat: str = 'none'):
+  """Runs `step` over the blocks of x in order; returns (final carry, outputs merged back to [B, N, ...])."""
+  carry, ys = scan(step, carry, split_blocks(x_BxN, window), unroll=unroll, scan_unroll=scan_unroll,
+                   remat=remat)
   return carry, jax.tree.map(merge_blocks, ys)

@@ -118,9 +118,35 @@ class LanguageModel(nnx.Module):
                         cache_valid=jnp.ones_like(c.cache_valid), states=tuple(new_states))
       return new_carry, x_BxWxD
 
-    carry, y = blocks.run_blocks(step, carry, x, window, unroll=cfg.unroll, scan_unroll=cfg.scan_unroll,
-                                 remat=cfg.remat)
+    if cfg.feedback or cfg.block_major:
+      carry, y = blocks.run_blocks(step, carry, x, window, unroll=cfg.unroll, scan_unroll=cfg.scan_unroll,
+                                   remat=cfg.remat)
+    else:
+      carry, y = self._segment_form(x, carry, dropout_key)
     y = self.final_norm(y, dtype)
     logits = jnp.einsum('bnd,vd->bnv', y, self.embed[...].astype(dtype),
                         preferred_element_type=jnp.float32) / math.sqrt(cfg.d_model)
     return logits, carry
+
+  def _segment_form(self, x_BxNxD: Array, carry: Carry, dropout_key: Array | None):
+    """Layer by layer over the whole segment (see Layer.segment); equal to the block-major form."""
+    cfg = self.config
+    rec = cfg.recurrent_indices
+    keys = layers.split_key(dropout_key, len(self.layers))
+    new_k, new_v, new_states = [], [], list(carry.states)
+    for i, layer in enumerate(self.layers):
+      r = rec.index(i) if i in rec else None
+
+      def run(x, k_prev, v_prev, state, layer=layer, key=keys[i]):
+        return layer.segment(x, k_prev, v_prev, carry.cache_valid, layer.bias_matrix(cfg.window),
+                             state=state, dropout_key=key)
+
+      if cfg.remat != 'none':
+        run = jax.checkpoint(run, policy=blocks.REMAT_POLICIES[cfg.remat])
+      x_BxNxD, k, v, s = run(x_BxNxD, carry.keys[i], carry.values[i], None if r is None else carry.states[r])
+      new_k.append(k)
+      new_v.append(v)
+      if r is not None:
+        new_states[r] = s
+    valid = jnp.ones_like(carry.cache_valid)
+    return Carry(tuple(new_k), tuple(new_v), valid, tuple(new_states)), x_BxNxD

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from block_recurrent.configs import ModelConfig
-from block_recurrent.model import attention, layers, recurrent
+from block_recurrent.model import attention, blocks, layers, recurrent
 
 Array = jax.Array
 
@@ -52,41 +52,97 @@ class Layer(nnx.Module):
       return self.temperature[source]
     return 1.0 / math.sqrt(self.config.head_dim)
 
+  # The pieces shared by the block form (__call__) and the segment form (segment).
+
+  def _project(self, x_BxTxD: Array, dropout_key: Array | None):
+    """q, k, v (and q2 for cross-attending layers), each [B, T, H, D], keys/queries L2-normalised."""
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    y = layers.dropout(self.attn_norm(x_BxTxD, dtype), cfg.dropout_rate, dropout_key)
+    k, v, q, *q2 = jnp.unstack(layers.project(y, self.qkv, 'btd,dnhk->nbthk', dtype))
+    if cfg.normalize_keys:
+      k, q = attention.l2_normalize(k), attention.l2_normalize(q)
+      q2 = [attention.l2_normalize(x) for x in q2]
+    return q, k, v, (q2[0] if q2 else None)
+
+  def _self_attention(self, q_BxWxHxD, kw_Bx2WxHxD, vw_Bx2WxHxD, key_valid_Bx2W, bias_HxWx2W, dropout_key):
+    window = q_BxWxHxD.shape[1]
+    mask = attention.window_mask(window)[None] & key_valid_Bx2W[:, None, :]
+    return attention.attend(q_BxWxHxD, kw_Bx2WxHxD, vw_Bx2WxHxD, scale_H=self._scale(0),
+                            bias_HxQxK=bias_HxWx2W, mask_BxQxK=mask, dropout_rate=self.config.dropout_rate,
+                            dropout_key=dropout_key)
+
+  def _cross_attention(self, q2_BxWxHxD, state_proj: recurrent.StateProjections):
+    return attention.attend(q2_BxWxHxD, state_proj.keys, state_proj.values, scale_H=self._scale(1))
+
+  def _finish(self, x_BxTxD: Array, heads: list[Array], dropout_key: Array | None) -> Array:
+    """Output projection of the concatenated heads, residual, then the FFN block."""
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    attn = jnp.stack(heads, axis=2)  # [B, T, sources, H, D]
+    x = x_BxTxD + layers.project(attn, self.out, 'btnhk,nhkd->btd', dtype).astype(x_BxTxD.dtype)
+    hidden = jax.nn.relu(layers.project(self.ffn_norm(x, dtype), self.ffn_in, 'btd,df->btf', dtype))
+    ffn = layers.project(hidden, self.ffn_out, 'btf,fd->btd', dtype)
+    return x + layers.dropout(ffn, cfg.dropout_rate, dropout_key).astype(x.dtype)
+
   def __call__(self, x_BxWxD: Array, k_prev: Array, v_prev: Array, prev_valid_B: Array,
                bias_HxWx2W: Array, *, state: Array | None = None,
                state_proj: recurrent.StateProjections | None = None,
                dropout_key: Array | None = None):
-    """Returns (output block, this block's keys, values, new state or None)."""
-    cfg = self.config
-    dtype = jnp.dtype(cfg.dtype)
-    rate = cfg.dropout_rate
+    """Block form: one block of W tokens. Returns (output, this block's keys, values, new state or None)."""
     k_pre, k_attn, k_ffn = layers.split_key(dropout_key, 3)
-    window = x_BxWxD.shape[1]
-
-    y = layers.dropout(self.attn_norm(x_BxWxD, dtype), rate, k_pre)
-    proj = jnp.unstack(layers.project(y, self.qkv, 'bwd,dnhk->nbwhk', dtype))
-    k, v, q = proj[:3]
-    if cfg.normalize_keys:
-      k, q = attention.l2_normalize(k), attention.l2_normalize(q)
-    kw = jnp.concatenate([k_prev.astype(dtype), k], axis=1)
-    vw = jnp.concatenate([v_prev.astype(dtype), v], axis=1)
-    key_valid_Bx2W = jnp.concatenate(
-        [jnp.broadcast_to(prev_valid_B[:, None], (x_BxWxD.shape[0], window)),
-         jnp.ones((x_BxWxD.shape[0], window), bool)], axis=1)
-    mask = attention.window_mask(window)[None] & key_valid_Bx2W[:, None, :]
-    heads = [attention.attend(q, kw, vw, scale_H=self._scale(0), bias_HxQxK=bias_HxWx2W, mask_BxQxK=mask,
-                              dropout_rate=rate, dropout_key=k_attn)]
-
+    batch, window = x_BxWxD.shape[:2]
+    q, k, v, q2 = self._project(x_BxWxD, k_pre)
+    kw = jnp.concatenate([k_prev.astype(k.dtype), k], axis=1)
+    vw = jnp.concatenate([v_prev.astype(v.dtype), v], axis=1)
+    key_valid = jnp.concatenate([jnp.broadcast_to(prev_valid_B[:, None], (batch, window)),
+                                 jnp.ones((batch, window), bool)], axis=1)
+    heads = [self._self_attention(q, kw, vw, key_valid, bias_HxWx2W, k_attn)]
     new_state = None
     if self.cross:
-      q2 = attention.l2_normalize(proj[3]) if cfg.normalize_keys else proj[3]
-      heads.append(attention.attend(q2, state_proj.keys, state_proj.values, scale_H=self._scale(1)))
+      heads.append(self._cross_attention(q2, state_proj))
     if self.kind == 'recurrent':
-      new_state = self.state.update(state, state_proj, kw, vw, key_valid_Bx2W[:, None, :])
+      new_state = self.state.update(state, state_proj, kw, vw, key_valid[:, None, :])
+    return self._finish(x_BxWxD, heads, k_ffn), k, v, new_state
 
-    attn = jnp.stack(heads, axis=2)  # [B, W, sources, H, D]
-    x = x_BxWxD + layers.project(attn, self.out, 'bwnhk,nhkd->bwd', dtype).astype(x_BxWxD.dtype)
-    hidden = jax.nn.relu(layers.project(self.ffn_norm(x, dtype), self.ffn_in, 'bwd,df->bwf', dtype))
-    ffn = layers.project(hidden, self.ffn_out, 'bwf,fd->bwd', dtype)
-    x = x + layers.dropout(ffn, rate, k_ffn).astype(x.dtype)
-    return x, k, v, new_state
+  def segment(self, x_BxNxD: Array, k_prev: Array, v_prev: Array, prev_valid_B: Array,
+              bias_HxWx2W: Array, *, state: Array | None = None, dropout_key: Array | None = None):
+    """Segment form: all N/W blocks at once; only the state update runs block by block.
+
+    Computes exactly what calling the block form once per block computes, with the projections, the
+    token attention and the FFN batched over blocks (large matmuls) and a scan over blocks only for the
+    recurrent state. Returns (output [B, N, d], last block's keys, values, final state or None).
+    """
+    if self.kind == 'feedback':
+      raise ValueError('feedback layers need the block form: the state they read changes every block')
+    cfg = self.config
+    k_pre, k_attn, k_ffn = layers.split_key(dropout_key, 3)
+    batch, n = x_BxNxD.shape[:2]
+    window = cfg.window
+    blocks_ = n // window
+    q, k, v, q2 = self._project(x_BxNxD, k_pre)
+    split = lambda t: t.reshape((batch, blocks_, window) + t.shape[2:])  # [B, T, W, ...]
+    fold = lambda t: t.reshape((batch * blocks_,) + t.shape[2:])  # [B*T, ...]
+    kb, vb = split(k), split(v)
+    k_before = jnp.concatenate([k_prev.astype(k.dtype)[:, None], kb[:, :-1]], axis=1)
+    v_before = jnp.concatenate([v_prev.astype(v.dtype)[:, None], vb[:, :-1]], axis=1)
+    kw = jnp.concatenate([k_before, kb], axis=2)  # [B, T, 2W, H, D]
+    vw = jnp.concatenate([v_before, vb], axis=2)
+    prev_valid = jnp.concatenate([prev_valid_B[:, None], jnp.ones((batch, blocks_ - 1), bool)], axis=1)
+    key_valid = jnp.concatenate([jnp.broadcast_to(prev_valid[..., None], (batch, blocks_, window)),
+                                 jnp.ones((batch, blocks_, window), bool)], axis=2)  # [B, T, 2W]
+    heads = [self._self_attention(fold(split(q)), fold(kw), fold(vw), fold(key_valid), bias_HxWx2W,
+                                  k_attn).reshape(q.shape)]
+    new_state = None
+    if self.kind == 'recurrent':
+      def step(c, xs, _):
+        kw_t, vw_t, valid_t = xs
+        proj = self.state.project(c)
+        return self.state.update(c, proj, kw_t, vw_t, valid_t[:, None, :]), (proj.keys, proj.values)
+
+      per_block = jax.tree.map(lambda t: jnp.moveaxis(t, 1, 0), (kw, vw, key_valid))
+      new_state, (ks, vs) = blocks.scan(step, state, per_block, unroll=cfg.unroll,
+                                        scan_unroll=cfg.scan_unroll)
+      state_kv = recurrent.StateProjections(*(fold(jnp.moveaxis(t, 0, 1)) for t in (ks, vs)), None, None)
+      heads.append(self._cross_attention(fold(split(q2)), state_kv).reshape(q.shape))
+    return self._finish(x_BxNxD, heads, k_ffn), kb[:, -1], vb[:, -1], new_state

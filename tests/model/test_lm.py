@@ -53,6 +53,17 @@ def test_two_segments_equal_one(name):
   assert np.all(np.isfinite(whole))
 
 
+@pytest.mark.parametrize('name', [n for n in helpers.VARIANTS if n != 'feedback_fixed_skip'])
+def test_segment_form_equals_block_form(name):
+  """Layer-by-layer over the segment (default) == the whole stack block by block (step form)."""
+  model, params, apply = compiled(name)
+  _, _, block_apply = compiled(name, block_major=True)
+  n = model.config.segment_length
+  carry0, start = warm_carry(name, 2), np.array([False, True])
+  toks = helpers.tokens(10, 2, n)
+  helpers.assert_close(apply(params, toks, carry0, start), block_apply(params, toks, carry0, start), TOL, name)
+
+
 def test_always_clear_state_ignores_carried_state():
   """The ablation restarts the state every segment (the XL cache still flows)."""
   model, params, apply = compiled('rec_clear_state')
@@ -82,7 +93,7 @@ def test_without_xl_cache_segments_are_independent():
 
 @pytest.mark.parametrize('name', ['slide', 'rec_fixed_skip', 'rec_lstm_dual', 'feedback_fixed_skip',
                                   'rec_two_layers'])
-def test_scan_equals_unrolled_loop(name):
+def test_scan_equals_unrolled_loop(name):  # (feedback runs block-major, so both block runners are covered)
   model, params, apply = compiled(name)
   loop_model, _, loop_apply = compiled(name, unroll=True)
   n = model.config.segment_length
