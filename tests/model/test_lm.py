@@ -180,7 +180,8 @@ def test_recurrent_state_reaches_beyond_the_window():
     w, d = model.config.window, model.config.d_model
     x = jax.random.normal(jax.random.key(1), (1, 4 * w, d))
     carry = model.init_carry(1)
-    g = jax.grad(lambda x: _loss(model, x, carry, np.ones(1, bool), 3 * w + 2))(x)
+    graphdef, params = nnx.split(model)
+    g = jax.jit(jax.grad(lambda x: _loss(nnx.merge(graphdef, params), x, carry, np.ones(1, bool), 3 * w + 2)))(x)
     reached = float(np.abs(np.asarray(g[0, :w])).sum())
     assert (reached > 0.0) == expect, f'{name}: gradient into block 0 = {reached}'
 
@@ -226,8 +227,6 @@ def test_dropout_only_when_asked():
   n = model.config.segment_length
   toks, carry, start = helpers.tokens(8, 2, n), model.init_carry(2), np.ones(2, bool)
   plain, _ = apply(params, toks, carry, start)
-  again, _ = model(toks, carry, start)  # the eager module call agrees with the jitted functional one
-  helpers.assert_close(plain, again, TOL, 'eager vs jit')
   drop1, _ = apply(params, toks, carry, start, jax.random.key(1))
   drop2, _ = apply(params, toks, carry, start, jax.random.key(2))
   assert np.max(np.abs(np.asarray(drop1) - np.asarray(plain))) > 1e-3
