@@ -211,6 +211,19 @@ def test_every_state_parameter_gets_gradient(name):
     assert float(jnp.linalg.norm(value[...])) > 0.0, f'{name}: {path} has zero gradient'
 
 
+def test_no_gradient_into_the_incoming_carry():
+  """Truncated backpropagation: the cache and state passed in from the previous segment are constants."""
+  model, params, _ = compiled('rec_fixed_skip')
+  graphdef, _ = nnx.split(model)
+  carry = warm_carry('rec_fixed_skip', 2)
+  toks, start = helpers.tokens(13, 2, model.config.segment_length), np.zeros(2, bool)
+  floats = lambda c: (c.keys, c.values, c.states)
+  loss = lambda f: jnp.sum(nnx.merge(graphdef, params)(
+      toks, carry._replace(keys=f[0], values=f[1], states=f[2]), start)[0] ** 2)
+  grads = jax.jit(jax.grad(loss))(floats(carry))
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
+
+
 def test_bf16_runs_finite_with_f32_state():
   model, params, apply = compiled('rec_lstm_dual', dtype='bfloat16')
   n = model.config.segment_length
