@@ -80,21 +80,25 @@ def attend(q_BxQxHxD: Array, k_BxKxHxD: Array, v_BxKxHxD: Array, *, scale_H: Arr
   if scale.ndim:
     scale_h = layers.broadcast_param(scale_h, q_BxQxHxD.shape[:2])
   q = (q_BxQxHxD.astype(jnp.float32) * scale_h).astype(q_BxQxHxD.dtype)
-  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k_BxKxHxD, preferred_element_type=jnp.float32)
+  # Heads-major operands make the batched matmuls contiguous (3x faster on XLA:CPU than letting the
+  # dot transpose them itself); the transposes touch only [B, T, H, D] tensors.
+  heads_major = lambda t: jnp.transpose(t, (0, 2, 1, 3))
+  q, k, v = heads_major(q), heads_major(k_BxKxHxD), heads_major(v_BxKxHxD)
+  logits = jnp.einsum('bhqd,bhkd->bhqk', q, k, preferred_element_type=jnp.float32)
   if bias_HxQxK is not None:
     bias = bias_HxQxK.astype(jnp.float32) * (scale[:, None, None] if scale.ndim else scale)
     logits = logits + layers.broadcast_param(bias, logits.shape[:1])
   if mask_BxQxK is not None:
-    logits = jnp.where(mask_BxQxK[:, None], logits, _NEG)
+    # Additive rather than a select: XLA:CPU fuses it ~3x better into the exp that follows.
+    logits = logits + jnp.where(mask_BxQxK, 0.0, _NEG)[:, None]
   top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
   weights = jnp.exp(logits - top)
   total = jnp.sum(weights, axis=-1)  # [B, H, Q]
   if dropout_key is not None and dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, weights.shape)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-  out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(v_BxKxHxD.dtype), v_BxKxHxD,
-                   preferred_element_type=jnp.float32)
-  inv = 1.0 / jnp.transpose(total, (0, 2, 1))[..., None]  # [B, Q, H, 1]
+  out = jnp.einsum('bhqk,bhkd->bhqd', weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  inv = 1.0 / total[..., None]  # [B, H, Q, 1]
   if mask_BxQxK is not None:
-    inv = inv * jnp.any(mask_BxQxK, axis=-1)[:, :, None, None]
-  return (out * inv).astype(v_BxKxHxD.dtype)
+    inv = inv * jnp.any(mask_BxQxK, axis=-1)[:, None, :, None]
+  return heads_major(out * inv).astype(v_BxKxHxD.dtype)
