@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from block_recurrent import api, ginconf
+from block_recurrent import api, flops, ginconf
 
 MODELS = {
     'Rec:fixed:skip': 'gin/experiments/small/rec_fixed_skip.gin',
@@ -64,11 +64,12 @@ def main():
   parser.add_argument('--gin_param', action='append', default=[])
   args = parser.parse_args()
 
-  runners, tokens_per_step = {}, {}
+  runners, tokens_per_step, flops_per_token = {}, {}, {}
   for name, path in MODELS.items():
     cfg = ginconf.model_config([path], ['configs.ModelConfig.dropout_rate = 0.0', *args.gin_param])
     runners[name] = make_step(cfg, args.batch)
     tokens_per_step[name] = args.batch * cfg.segment_length
+    flops_per_token[name] = flops.train_flops_per_token(cfg)
     t0 = time.perf_counter()
     runners[name](2)  # compile and warm up
     print(f'{name:15s} {path}: d={cfg.d_model} L={cfg.total_layers} N={cfg.segment_length} '
@@ -82,13 +83,13 @@ def main():
       run(args.steps)
       times[name].append((time.perf_counter() - t0) / args.steps)
 
-  print(f'\nload average before/after: {os.getloadavg()[0]:.2f}; {args.rounds} rounds x {args.steps} steps, '
+  print(f'\nload average after: {os.getloadavg()[0]:.2f}; {args.rounds} rounds x {args.steps} steps, '
         f'batch {args.batch}, jax {jax.__version__} on {jax.devices()[0].platform}')
-  print(f'{"model":15s} {"tokens/s min":>12s} {"median":>8s} {"max":>8s}   step ms (median)')
+  print(f'{"model":15s} {"tokens/s min":>12s} {"median":>8s} {"max":>8s}   step ms (median)  GFLOP/s (median)')
   for name, ts in times.items():
     tps = sorted(tokens_per_step[name] / t for t in ts)
     print(f'{name:15s} {tps[0]:12.0f} {statistics.median(tps):8.0f} {tps[-1]:8.0f}   '
-          f'{1000 * statistics.median(ts):.1f}')
+          f'{1000 * statistics.median(ts):8.1f}  {statistics.median(tps) * flops_per_token[name] / 1e9:8.1f}')
   rec = times['Rec:fixed:skip']
   for other, target in (('Slide:13L', '<= 1.15'), ('XL (4x window)', '<= 0.6')):
     ratios = sorted(r / o for r, o in zip(rec, times[other]))
