@@ -19,23 +19,20 @@ import numpy as np
 import optax
 from flax import nnx
 
-from block_recurrent import api, configs, ginconf
+from block_recurrent import api, ginconf
 
 BYTE_OFFSET = 4  # bytes are shifted past the reserved ids (pad, eos, unk, ...), as the reference does
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='block_recurrent.demo', description=__doc__.splitlines()[0])
-  parser.add_argument('--gin_file', action='append', default=[])
-  parser.add_argument('--gin_param', action='append', default=[])
+  ginconf.add_flags(parser)
   parser.add_argument('--text', default=str(pathlib.Path(__file__).resolve().parent.parent / 'README.md'))
   parser.add_argument('--steps', type=int, default=100)
   parser.add_argument('--learning_rate', type=float, default=3e-3)
   args = parser.parse_args(argv)
-  try:
-    cfg = ginconf.model_config(args.gin_file, args.gin_param)
-  except configs.ConfigError as e:
-    print(f'demo: error: {e}', file=sys.stderr)
+  cfg = ginconf.config_from_flags('demo', args)
+  if cfg is None:
     return 2
   if cfg.vocab_size < 256 + BYTE_OFFSET:
     print(f'demo: error: vocab_size {cfg.vocab_size} cannot hold bytes; include gin/vocab/bytes.gin',

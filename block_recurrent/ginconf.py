@@ -8,10 +8,12 @@ both work, and includes inside gin files are written relative to `gin/`.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.util  # noqa: F401  (gin 0.5 on Python 3.11 needs it before dynamic_registration)
 import logging
 import pathlib
+import sys
 from typing import Sequence
 
 import gin
@@ -73,3 +75,18 @@ def bound_model_config() -> configs.ModelConfig:
 def model_config(gin_files: Sequence[str] = (), gin_params: Sequence[str] = ()) -> configs.ModelConfig:
   parse(gin_files, gin_params)
   return bound_model_config()
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+  """--gin_file and --gin_param, repeatable, as every command takes them."""
+  parser.add_argument('--gin_file', action='append', default=[], help='gin file (repeatable; later wins)')
+  parser.add_argument('--gin_param', action='append', default=[], help='gin binding (repeatable)')
+
+
+def config_from_flags(prog: str, args: argparse.Namespace) -> configs.ModelConfig | None:
+  """The ModelConfig of the parsed flags, or None after printing one line `prog: error: ...`."""
+  try:
+    return model_config(args.gin_file, args.gin_param)
+  except configs.ConfigError as e:
+    print(f'{prog}: error: {e}', file=sys.stderr)
+    return None

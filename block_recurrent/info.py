@@ -9,18 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from block_recurrent import api, configs, flops, ginconf
+from block_recurrent import api, flops, ginconf
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='brt-info', description=__doc__.splitlines()[0])
-  parser.add_argument('--gin_file', action='append', default=[], help='gin file (repeatable)')
-  parser.add_argument('--gin_param', action='append', default=[], help='gin binding (repeatable)')
+  ginconf.add_flags(parser)
   args = parser.parse_args(argv)
-  try:
-    cfg = ginconf.model_config(args.gin_file, args.gin_param)
-  except configs.ConfigError as e:
-    print(f'brt-info: error: {e}', file=sys.stderr)
+  cfg = ginconf.config_from_flags('brt-info', args)
+  if cfg is None:
     return 2
   total = api.count_params(api.abstract_model(cfg))
   analytic = flops.param_count(cfg)

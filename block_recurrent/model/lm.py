@@ -87,19 +87,29 @@ class LanguageModel(nnx.Module):
     """The model from embedded inputs on: what causality is tested through (gradients wrt x)."""
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    window = cfg.window
-    rec = cfg.recurrent_indices
-    deterministic = dropout_key is None
     x = x_BxNxD.astype(dtype)
 
     carry = jax.tree.map(jax.lax.stop_gradient, carry)
     carry = carry_lib.reset_where(carry, jnp.asarray(start_of_sequence_B, bool),
                                   tuple(layer.state.initial[...] for layer in self.recurrent_layers),
                                   clear_all=cfg.always_clear_state, keep_cache=cfg.use_xl_cache)
-    biases = [layer.bias_matrix(window) for layer in self.layers]
+    if cfg.feedback or cfg.block_major:
+      carry, y = self._block_form(x, carry, dropout_key)
+    else:
+      carry, y = self._segment_form(x, carry, dropout_key)
+    y = self.final_norm(y, dtype)
+    logits = jnp.einsum('bnd,vd->bnv', y, self.embed[...].astype(dtype),
+                        preferred_element_type=jnp.float32) / math.sqrt(cfg.d_model)
+    return logits, carry
+
+  def _block_form(self, x_BxNxD: Array, carry: Carry, dropout_key: Array | None):
+    """The whole stack block by block (the step form): what feedback needs and generation will use."""
+    cfg = self.config
+    rec = cfg.recurrent_indices
+    biases = [layer.bias_matrix(cfg.window) for layer in self.layers]
 
     def step(c: Carry, x_BxWxD: Array, block_index: Array):
-      key = None if deterministic else jax.random.fold_in(dropout_key, block_index)
+      key = None if dropout_key is None else jax.random.fold_in(dropout_key, block_index)
       keys = layers.split_key(key, len(self.layers))
       proj = {i: self.layers[i].state.project(c.states[r]) for r, i in enumerate(rec)}
       feedback = proj[rec[0]] if cfg.feedback else None
@@ -118,15 +128,8 @@ class LanguageModel(nnx.Module):
                         cache_valid=jnp.ones_like(c.cache_valid), states=tuple(new_states))
       return new_carry, x_BxWxD
 
-    if cfg.feedback or cfg.block_major:
-      carry, y = blocks.run_blocks(step, carry, x, window, unroll=cfg.unroll, scan_unroll=cfg.scan_unroll,
-                                   remat=cfg.remat)
-    else:
-      carry, y = self._segment_form(x, carry, dropout_key)
-    y = self.final_norm(y, dtype)
-    logits = jnp.einsum('bnd,vd->bnv', y, self.embed[...].astype(dtype),
-                        preferred_element_type=jnp.float32) / math.sqrt(cfg.d_model)
-    return logits, carry
+    return blocks.run_blocks(step, carry, x_BxNxD, cfg.window, unroll=cfg.unroll,
+                             scan_unroll=cfg.scan_unroll, remat=cfg.remat)
 
   def _segment_form(self, x_BxNxD: Array, carry: Carry, dropout_key: Array | None):
     """Layer by layer over the whole segment (see Layer.segment); equal to the block-major form."""

@@ -248,9 +248,10 @@ def test_dropout_only_when_asked():
     model(toks, carry, start, deterministic=False)
 
 
-def test_remat_matches_plain_gradients():
+@pytest.mark.parametrize('block_major', [False, True])
+def test_remat_matches_plain_gradients(block_major):
   model, params, _ = compiled('rec_fixed_skip')
-  remat_model, _, _ = compiled('rec_fixed_skip', remat='full')
+  remat_model, _, _ = compiled('rec_fixed_skip', remat='full', block_major=block_major)
   n = model.config.segment_length
   toks, carry, start = helpers.tokens(9, 2, n), model.init_carry(2), np.ones(2, bool)
 
