@@ -10,6 +10,8 @@ setuptools.setup(
     long_description_content_type='text/markdown',
     python_requires='>=3.11',
     packages=setuptools.find_packages(include=['block_recurrent', 'block_recurrent.*']),
+    package_data={'block_recurrent.data': ['pg_mini/*.csv', 'pg_mini/*.md', 'pg_mini/*/*.txt.xz',
+                                           'vocabs/*.model']},
     install_requires=[
         'jax>=0.10.2,<0.11',
         'flax>=0.12.8,<0.13',
@@ -23,5 +25,6 @@ setuptools.setup(
         'numpy>=2',
     ],
     extras_require={'test': ['pytest>=8', 'hypothesis>=6.100']},
-    entry_points={'console_scripts': ['brt-info=block_recurrent.info:run']},
+    entry_points={'console_scripts': ['brt-info=block_recurrent.info:run',
+                                      'brt-vocab=block_recurrent.data.vocab:run']},
 )

@@ -122,3 +122,26 @@ class ModelConfig:
     if index in self.recurrent_indices:
       return 'recurrent'
     return 'feedback' if self.feedback else 'plain'
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Which seqio task feeds the model, and how its documents are batched (see block_recurrent/data)."""
+
+  task: str = 'pg_mini_bytes'  # <corpus>_bytes or <corpus>_tokens
+  data_dir: str | None = None  # the corpus folder where the task reads one (pg19, arxiv, github, text_folder)
+  spm_path: str | None = None  # SentencePiece model of *_tokens tasks (default: the embedded PG-mini 8k)
+  batch_size: int = 8  # lanes, each streaming one document
+  shuffle_seed: int | None = 0  # document order per epoch; None keeps the source order
+  num_epochs: int | None = None  # None streams forever
+
+  def __post_init__(self):
+    corpus, _, kind = self.task.rpartition('_')
+    _check(bool(corpus) and kind in ('bytes', 'tokens'),
+           f'DataConfig.task {self.task!r} must be <corpus>_bytes or <corpus>_tokens, e.g. pg_mini_bytes')
+    _check(corpus not in ('github', 'text_folder') or self.data_dir is not None,
+           f'task {self.task} needs a folder: set configs.DataConfig.data_dir')
+    _check(isinstance(self.batch_size, int) and self.batch_size > 0,
+           f'DataConfig.batch_size must be a positive integer, got {self.batch_size!r}')
+    _check(self.num_epochs is None or self.num_epochs > 0,
+           f'DataConfig.num_epochs must be None (forever) or positive, got {self.num_epochs!r}')

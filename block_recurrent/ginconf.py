@@ -72,6 +72,14 @@ def bound_model_config() -> configs.ModelConfig:
     raise configs.ConfigError(str(e).splitlines()[0]) from None
 
 
+def bound_data_config() -> configs.DataConfig:
+  """The DataConfig that the parsed gin bindings describe."""
+  try:
+    return gin.get_configurable(configs.DataConfig)()
+  except configs.ConfigError as e:
+    raise configs.ConfigError(str(e).splitlines()[0]) from None
+
+
 def model_config(gin_files: Sequence[str] = (), gin_params: Sequence[str] = ()) -> configs.ModelConfig:
   parse(gin_files, gin_params)
   return bound_model_config()

@@ -113,3 +113,16 @@ def test_public_api_round_trip(tiny_model):
   logits, carry = tiny_model(helpers.tokens(0, 2, 32), carry, np.array([True, True]))
   assert logits.shape == (2, 32, 260) and np.all(np.isfinite(np.asarray(logits)))
   assert carry.states[0].shape == (2, 4, 32) and len(carry.keys) == 3
+
+
+def test_task_gin_files_bind_the_data_config():
+  ginconf.parse(['task/pg_mini_tokens.gin', 'vocab/pg_mini_8k.gin'])
+  assert ginconf.bound_data_config().task == 'pg_mini_tokens'
+  assert ginconf.bound_model_config().vocab_size == 8000
+  ginconf.parse(['task/github_bytes.gin'])
+  with pytest.raises(brt.ConfigError, match='github_bytes needs a folder: set configs.DataConfig.data_dir'):
+    ginconf.bound_data_config()
+  ginconf.parse(['task/github_bytes.gin'], ["configs.DataConfig.data_dir = '/tmp/repos'"])
+  assert ginconf.bound_data_config().data_dir == '/tmp/repos'
+  with pytest.raises(brt.ConfigError, match='must be <corpus>_bytes'):
+    brt.configs.DataConfig(task='pg19')

@@ -1,0 +1,145 @@
+"""seqio tasks, corpora and vocabularies on real text (the embedded PG-mini novels), offline."""
+
+import lzma
+import os
+import pathlib
+import time
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+
+from block_recurrent import ConfigError
+from block_recurrent.data import corpus, tasks, vocab
+
+PG_MINI = corpus.pg_mini_dir()
+
+
+def _book(split, book_id):
+  return lzma.decompress((PG_MINI / split / f'{book_id}.txt.xz').read_bytes())
+
+
+def test_pg_mini_bytes_task_is_the_books_byte_for_byte():
+  docs = tasks.documents('pg_mini_bytes', 'test')
+  assert len(docs) == 2
+  for doc, book_id in zip(docs, ('105', '2701')):
+    raw = np.frombuffer(_book('test', book_id), np.uint8).astype(np.int32) + vocab.BYTE_OFFSET
+    np.testing.assert_array_equal(doc.tokens, raw)
+    assert int(doc.num_bytes.sum()) == raw.size
+
+
+def test_sentencepiece_round_trip_is_exact_on_the_test_novels():
+  sp = spm.SentencePieceProcessor(model_file=str(tasks.DEFAULT_SPM))
+  docs = tasks.documents('pg_mini_tokens', 'test')
+  for doc, book_id in zip(docs, ('105', '2701')):
+    text = _book('test', book_id)
+    assert sp.decode(doc.tokens.tolist()).encode() == text
+    assert int(doc.num_bytes.sum()) == len(text)  # honest bits per byte
+    assert doc.tokens.size < len(text) / 2.5  # a real vocabulary, not bytes (Austen-trained on Melville: 2.9)
+  assert (sp.pad_id(), sp.eos_id(), sp.unk_id()) == (0, 1, 2)
+
+
+def test_brt_vocab_trains_8k_in_seconds(tmp_path):
+  t0 = time.time()
+  assert vocab.main([f'--output={tmp_path}/v8k', '--vocab_size=8000']) == 0
+  assert time.time() - t0 < 60
+  sp = spm.SentencePieceProcessor(model_file=f'{tmp_path}/v8k.model')
+  assert sp.get_piece_size() == 8000
+  text = _book('validation', '121').decode()
+  assert sp.decode(sp.encode(text)) == text
+  sizes = vocab.piece_num_bytes(f'{tmp_path}/v8k.model')
+  assert int(sizes[sp.encode(text)].sum()) == len(text.encode())
+
+
+def test_host_shards_are_disjoint_and_cover_the_split():
+  whole = tasks.documents('pg_mini_bytes', 'train')
+  shards = [tasks.documents('pg_mini_bytes', 'train', process_index=i, process_count=3) for i in range(3)]
+  ids = [d.doc_id for shard in shards for d in shard]
+  assert sorted(ids) == [d.doc_id for d in whole] == list(range(4))
+  by_id = {d.doc_id: d for d in whole}
+  for shard in shards:
+    for d in shard:
+      np.testing.assert_array_equal(d.tokens, by_id[d.doc_id].tokens)
+
+
+def test_pg19_tasks_read_a_local_pg19_folder_and_explain_when_missing(tmp_path, monkeypatch):
+  docs = tasks.documents('pg19_bytes', 'validation', data_dir=str(PG_MINI))
+  assert len(docs) == 1 and docs[0].tokens.size == len(_book('validation', '121'))
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
+  tasks._REGISTERED.pop('pg19_bytes', None)  # re-register against the empty TFDS dir
+  with pytest.raises(ConfigError, match='PG19 is not prepared') as info:
+    tasks.documents('pg19_bytes', 'train')
+  assert '\n' not in str(info.value)
+
+
+def test_real_tfds_pg19_builder_prepared_offline(tmp_path, monkeypatch):
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
+  tasks.prepare_pg19(source_dir=str(PG_MINI))
+  tasks._REGISTERED.pop('pg19_bytes', None)
+  docs = tasks.documents('pg19_bytes', 'validation')
+  assert len(docs) == 1
+  raw = np.frombuffer(_book('validation', '121').strip(), np.uint8).astype(np.int32) + vocab.BYTE_OFFSET
+  np.testing.assert_array_equal(docs[0].tokens, raw)  # TFDS strips surrounding whitespace
+  tasks._REGISTERED.pop('pg19_bytes', None)
+
+
+def _write(path: pathlib.Path, data: bytes):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(data)
+
+
+def test_text_folder_bytes_and_tokens(tmp_path):
+  _write(tmp_path / 'b.txt', 'second ✓\n'.encode())
+  _write(tmp_path / 'a.txt', b'first\n')
+  _write(tmp_path / '.hidden', b'never')
+  docs = tasks.documents('text_folder_bytes', 'train', data_dir=str(tmp_path))
+  assert [bytes((d.tokens - vocab.BYTE_OFFSET).astype(np.uint8)) for d in docs] == [b'first\n',
+                                                                                     'second ✓\n'.encode()]
+  _write(tmp_path / 'c.txt', b'bad \xff\xfe bytes')
+  assert len(tasks.documents('text_folder_bytes', 'train', data_dir=str(tmp_path))) == 3  # bytes still work
+  with pytest.raises(ConfigError, match=r'c\.txt is not valid UTF-8') as info:
+    tasks.documents('text_folder_tokens', 'train', data_dir=str(tmp_path))
+  assert '\n' not in str(info.value)
+
+
+def test_github_folder_keeps_source_and_drops_vendored_binary_generated(tmp_path):
+  repo = tmp_path / 'repo1'
+  _write(repo / 'src' / 'b.py', b'print(2)\n')
+  _write(repo / 'src' / 'a.py', b'print(1)\n')
+  _write(repo / 'README.md', b'# hi\n')
+  _write(repo / 'node_modules' / 'x.js', b'vendored')
+  _write(repo / 'vendor' / 'y.go', b'vendored')
+  _write(repo / 'logo.png', b'\x89PNG\0\0')
+  _write(repo / 'data.bin2', b'abc\0def')
+  _write(repo / 'package-lock.json', b'{}')
+  _write(repo / 'app.min.js', b'minified')
+  _write(tmp_path / 'repo2' / 'main.c', b'int main(){}\n')
+  docs = corpus.github_folder(tmp_path)
+  assert [d.name for d in docs] == ['repo1', 'repo2']
+  assert docs[0].read() == b'# hi\n\nprint(1)\n\nprint(2)\n'
+
+
+def test_latex_folder_concatenates_a_papers_tex_files(tmp_path):
+  _write(tmp_path / 'paper1' / 'sections' / 'intro.tex', b'\\section{Intro}')
+  _write(tmp_path / 'paper1' / 'main.tex', b'\\begin{document}')
+  _write(tmp_path / 'paper1' / 'fig.pdf', b'%PDF')
+  _write(tmp_path / 'paper2' / 'p.tex', b'x')
+  docs = corpus.latex_folder(tmp_path)
+  assert [d.name for d in docs] == ['paper1', 'paper2']
+  assert docs[0].read() == b'\\begin{document}\n\\section{Intro}'
+
+
+def test_bad_folders_fail_in_one_clear_line(tmp_path):
+  with pytest.raises(ConfigError, match='does not exist: expected the PG19 layout'):
+    corpus.pg19_layout(tmp_path / 'missing', 'train')
+  with pytest.raises(ConfigError, match='holds no files'):
+    corpus.text_folder(tmp_path)
+  _write(tmp_path / 'pg' / 'metadata.csv', b'1,A Book,1900,link\n')
+  _write(tmp_path / 'pg' / 'train' / '1.txt', b'one')
+  _write(tmp_path / 'pg' / 'train' / '2.txt', b'two')
+  with pytest.raises(ConfigError, match=r'book 2 .* has no row in .*metadata\.csv'):
+    corpus.pg19_layout(tmp_path / 'pg', 'train')
+  with pytest.raises(ConfigError, match='unknown task'):
+    tasks.task('pg20_bytes')
+  with pytest.raises(ConfigError, match='SentencePiece model .* not found'):
+    tasks.documents('pg_mini_tokens', 'test', spm_path=str(tmp_path / 'none.model'))
