@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
-from typing import Sequence
+from typing import Iterator
 
 os.environ.setdefault('NO_GCE_CHECK', 'true')  # never probe cloud metadata servers
 
@@ -97,6 +97,17 @@ def raw_documents(corpus_name: str, split: str, data_dir: str | None = None) -> 
       return corpus.pg19_layout(root, split)
     return _split_of(corpus.text_folder(root), split)
   raise ConfigError(f'unknown corpus {corpus_name!r}: choose one of {", ".join(CORPORA)}')
+
+
+def texts(corpus_name: str, split: str, data_dir: str | None = None) -> Iterator[str]:
+  """The documents of a split as text, from the folder or, for TFDS corpora without one, from TFDS."""
+  if corpus_name in _TFDS and data_dir is None:
+    source = task(f'{corpus_name}_bytes').source
+    for example in source.get_dataset(split=split, shuffle=False).as_numpy_iterator():
+      yield example['text'].decode('utf-8')
+    return
+  for doc in raw_documents(corpus_name, split, data_dir):
+    yield doc.text()
 
 
 def _split_of(documents: list[corpus.RawDocument], split: str) -> list[corpus.RawDocument]:

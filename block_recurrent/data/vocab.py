@@ -63,7 +63,8 @@ def piece_num_bytes(model_path: str) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='brt-vocab', description='Train a lossless SentencePiece vocabulary '
                                    "offline on a corpus's train split.")
-  parser.add_argument('--task', default='pg_mini', help='pg_mini, pg19, text_folder, arxiv or github')
+  parser.add_argument('--task', default='pg_mini',
+                      help='a corpus (pg_mini, pg19, arxiv, github, text_folder) or a task such as pg19_tokens')
   parser.add_argument('--data_dir', default=None, help='the corpus folder (not needed for pg_mini)')
   parser.add_argument('--vocab_size', type=int, default=8000)
   parser.add_argument('--output', required=True, help='model prefix: writes PREFIX.model and PREFIX.vocab')
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
   from block_recurrent.data import tasks  # the seqio/TensorFlow import, only when the command runs
   t0 = time.time()
   try:
-    texts = (doc.text() for doc in tasks.raw_documents(args.task, 'train', args.data_dir))
+    corpus_name = args.task.removesuffix('_bytes').removesuffix('_tokens')
+    texts = tasks.texts(corpus_name, 'train', args.data_dir)
     pathlib.Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     path = train_sentencepiece(texts, args.vocab_size, args.output)
   except ConfigError as e:

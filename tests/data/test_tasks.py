@@ -41,7 +41,7 @@ def test_sentencepiece_round_trip_is_exact_on_the_test_novels():
 
 def test_brt_vocab_trains_8k_in_seconds(tmp_path):
   t0 = time.time()
-  assert vocab.main([f'--output={tmp_path}/v8k', '--vocab_size=8000']) == 0
+  assert vocab.main([f'--output={tmp_path}/v8k', '--vocab_size=8000', '--task=pg_mini_tokens']) == 0
   assert time.time() - t0 < 60
   sp = spm.SentencePieceProcessor(model_file=f'{tmp_path}/v8k.model')
   assert sp.get_piece_size() == 8000
@@ -80,6 +80,7 @@ def test_real_tfds_pg19_builder_prepared_offline(tmp_path, monkeypatch):
   assert len(docs) == 1
   raw = np.frombuffer(_book('validation', '121').strip(), np.uint8).astype(np.int32) + vocab.BYTE_OFFSET
   np.testing.assert_array_equal(docs[0].tokens, raw)  # TFDS strips surrounding whitespace
+  assert list(tasks.texts('pg19', 'validation')) == [_book('validation', '121').strip().decode()]
   tasks._REGISTERED.pop('pg19_bytes', None)
 
 
