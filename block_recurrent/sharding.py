@@ -1,0 +1,108 @@
+"""Meshes and the one table that maps logical axis names to mesh axes.
+
+Model code never names mesh axes. Parameters get logical names from `PARAM_AXES` (by parameter name and
+rank), activations and the carry from `carry_axes` / `BATCH`; `LOGICAL_RULES` maps each logical name to
+mesh axes of the ('data', 'fsdp', 'model') mesh. A mesh axis that does not divide a dimension is dropped
+for that array (it is replicated instead), and so is one already used by an earlier dimension, so tiny
+test models run on any mesh.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from block_recurrent.configs import ConfigError
+
+MESH_AXES = ('data', 'fsdp', 'model')
+
+# logical name -> mesh axes (None: replicated)
+LOGICAL_RULES: dict[str, tuple[str, ...] | str | None] = {
+    'batch': ('data', 'fsdp'),
+    'vocab': 'model',
+    'embed': 'fsdp',
+    'heads': 'model',
+    'mlp': 'model',
+    'kv': None,
+    'states': None,
+    'length': None,
+}
+
+# (parameter name, rank) -> logical names of its dimensions
+PARAM_AXES: dict[tuple[str, int], tuple[str | None, ...]] = {
+    ('embed', 2): ('vocab', 'embed'),
+    ('scale', 1): ('embed',),  # RMSNorm
+    ('qkv', 4): ('embed', None, 'heads', 'kv'),
+    ('out', 4): (None, 'heads', 'kv', 'embed'),
+    ('ffn_in', 2): ('embed', 'mlp'),
+    ('ffn_in', 4): (None, 'heads', 'kv', 'mlp'),  # the 'single' wiring reads h directly
+    ('ffn_out', 2): ('mlp', 'embed'),
+    ('relative_bias', 2): ('heads', None),
+    ('temperature', 2): (None, 'heads'),
+    ('initial', 2): ('states', 'embed'),
+    ('ids', 2): ('states', 'embed'),
+    ('bias', 1): ('embed',),  # fixed gate
+    ('bias', 2): (None, 'embed'),  # LSTM gate
+    ('kernel', 3): (None, None, 'embed'),  # LSTM gate
+}
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, model: int = 1, devices: Sequence | None = None) -> Mesh:
+  """A ('data', 'fsdp', 'model') mesh; data=-1 takes whatever devices are left."""
+  devices = list(devices if devices is not None else jax.devices())
+  if data == -1:
+    data = len(devices) // (fsdp * model)
+  if data * fsdp * model != len(devices) or min(data, fsdp, model) < 1:
+    raise ConfigError(f'mesh data={data} x fsdp={fsdp} x model={model} does not use the {len(devices)} '
+                      'devices: make the product equal the device count')
+  return Mesh(np.asarray(devices).reshape(data, fsdp, model), MESH_AXES)
+
+
+def spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+         rules: dict = LOGICAL_RULES) -> PartitionSpec:
+  """PartitionSpec for an array with these logical names, dropping mesh axes that do not divide."""
+  parts, used = [], set()
+  for name, size in zip(names, shape):
+    axes = rules.get(name) if name is not None else None
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    axes = tuple(a for a in axes if mesh.shape[a] > 1 and a not in used)  # each mesh axis once
+    if axes and size % math.prod(mesh.shape[a] for a in axes) == 0:
+      parts.append(axes[0] if len(axes) == 1 else axes)
+      used.update(axes)
+    else:
+      parts.append(None)
+  return PartitionSpec(*parts)
+
+
+def _param_names(path, leaf) -> tuple[str | None, ...]:
+  keys = [getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', None))) for k in path]
+  keys = [k for k in keys if isinstance(k, str) and k != 'value']
+  name = keys[-1] if keys else None
+  names = PARAM_AXES.get((name, leaf.ndim))
+  if names is None:
+    raise ConfigError(f'parameter {jax.tree_util.keystr(path)} (rank {leaf.ndim}) has no logical axes: '
+                      'add it to sharding.PARAM_AXES')
+  return names
+
+
+def param_shardings(mesh: Mesh, params, rules: dict = LOGICAL_RULES):
+  """NamedShardings for a parameter pytree (an nnx.State of Params, or abstract shapes of one)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: NamedSharding(mesh, spec(_param_names(path, leaf), leaf.shape, mesh, rules)), params)
+
+
+def batch_sharding(mesh: Mesh, shape: Sequence[int], rules: dict = LOGICAL_RULES) -> NamedSharding:
+  """Rows over the batch axes, everything else replicated (tokens [B, N], start [B], ...)."""
+  return NamedSharding(mesh, spec(('batch',) + (None,) * (len(shape) - 1), shape, mesh, rules))
+
+
+def carry_shardings(mesh: Mesh, carry, rules: dict = LOGICAL_RULES):
+  """The carry: caches [B, W, H, D] over batch and heads, states [B, S, d] over batch and embed."""
+  def one(leaf):
+    names = {4: ('batch', None, 'heads', 'kv'), 3: ('batch', 'states', 'embed'), 1: ('batch',)}[leaf.ndim]
+    return NamedSharding(mesh, spec(names, leaf.shape, mesh, rules))
+  return jax.tree.map(one, carry)
