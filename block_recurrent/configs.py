@@ -145,3 +145,45 @@ class DataConfig:
            f'DataConfig.batch_size must be a positive integer, got {self.batch_size!r}')
     _check(self.num_epochs is None or self.num_epochs > 0,
            f'DataConfig.num_epochs must be None (forever) or positive, got {self.num_epochs!r}')
+
+
+OPTIMIZERS = ('adafactor', 'adamw')
+SCHEDULES = ('rsqrt', 'cosine', 'linear', 'constant')
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """The optimisation and the loop's cadence (see block_recurrent/train)."""
+
+  num_steps: int = 1000
+  optimizer: str = 'adafactor'  # the paper's: factored moments, decay 0.8, momentum 0.9, parameter scale
+  learning_rate: float = 1.0  # peak is learning_rate / sqrt(warmup_steps) under 'rsqrt'
+  schedule: str = 'rsqrt'
+  warmup_steps: int = 1000
+  weight_decay: float = 0.0  # adamw only
+  grad_clip: float = 0.0  # global norm; 0 turns clipping off
+  seed: int = 0
+  log_every: int = 10
+  eval_every: int = 0  # 0: evaluate only at the end
+  eval_segments: int = 0  # segments per lane per evaluation; 0: the whole validation split
+  checkpoint_every: int = 100
+  keep_checkpoints: int = 3
+
+  def __post_init__(self):
+    _check(self.num_steps > 0, f'TrainConfig.num_steps must be positive, got {self.num_steps}')
+    _check(self.optimizer in OPTIMIZERS,
+           f'unknown optimizer {self.optimizer!r}: choose one of {", ".join(OPTIMIZERS)}')
+    _check(self.schedule in SCHEDULES, f'unknown schedule {self.schedule!r}: choose one of {", ".join(SCHEDULES)}')
+    _check(self.learning_rate > 0, f'TrainConfig.learning_rate must be positive, got {self.learning_rate}')
+    for name in ('warmup_steps', 'log_every', 'eval_every', 'eval_segments', 'checkpoint_every'):
+      _check(getattr(self, name) >= 0, f'TrainConfig.{name} must be >= 0, got {getattr(self, name)}')
+    _check(self.keep_checkpoints >= 1, f'TrainConfig.keep_checkpoints must be >= 1, got {self.keep_checkpoints}')
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Device mesh ('data', 'fsdp', 'model'); data=-1 takes the devices left over."""
+
+  data: int = -1
+  fsdp: int = 1
+  model: int = 1

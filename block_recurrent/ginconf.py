@@ -23,6 +23,9 @@ from block_recurrent import configs
 GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / 'gin'
 
 
+_BINDINGS_HEADER = 'from __gin__ import dynamic_registration\nfrom block_recurrent import configs'
+
+
 def _one_line(error: Exception) -> str:
   lines = [line.strip() for line in str(error).splitlines() if line.strip()]
   return ' '.join(lines[:4]) if lines else type(error).__name__
@@ -56,7 +59,9 @@ def parse(gin_files: Sequence[str] = (), gin_params: Sequence[str] = ()) -> None
       gin.add_config_file_search_path(str(path))
   try:
     with _quiet_search():
-      gin.parse_config_files_and_bindings([resolve(f) for f in gin_files], list(gin_params),
+      # The header lets --gin_param name any config class, even one no file mentions.
+      bindings = [_BINDINGS_HEADER] + list(gin_params) if gin_params else []
+      gin.parse_config_files_and_bindings([resolve(f) for f in gin_files], bindings,
                                           finalize_config=False, skip_unknown=False)
   except configs.ConfigError:
     raise
@@ -66,18 +71,23 @@ def parse(gin_files: Sequence[str] = (), gin_params: Sequence[str] = ()) -> None
 
 def bound_model_config() -> configs.ModelConfig:
   """The ModelConfig that the parsed gin bindings describe."""
+  return bound(configs.ModelConfig)
+
+
+def bound(config_class):
+  """An instance of a config dataclass with the parsed gin bindings applied (defaults if none name it)."""
   try:
-    return gin.get_configurable(configs.ModelConfig)()
+    configurable = gin.get_configurable(config_class)
+  except ValueError:  # no gin file or binding mentions the class: its defaults
+    return config_class()
+  try:
+    return configurable()
   except configs.ConfigError as e:
     raise configs.ConfigError(str(e).splitlines()[0]) from None
 
 
 def bound_data_config() -> configs.DataConfig:
-  """The DataConfig that the parsed gin bindings describe."""
-  try:
-    return gin.get_configurable(configs.DataConfig)()
-  except configs.ConfigError as e:
-    raise configs.ConfigError(str(e).splitlines()[0]) from None
+  return bound(configs.DataConfig)
 
 
 def model_config(gin_files: Sequence[str] = (), gin_params: Sequence[str] = ()) -> configs.ModelConfig:

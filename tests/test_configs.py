@@ -20,6 +20,7 @@ def test_every_experiment_loads_and_only_includes(path):
   assert all(l.startswith('include ') or not l or l.startswith('#') for l in lines), path
   cfg = ginconf.model_config([str(path)])
   assert isinstance(cfg, brt.ModelConfig)
+  assert brt.count_params(brt.abstract_model(cfg)) > 0  # builds, shapes only
 
 
 @pytest.mark.parametrize('path', sorted(p.relative_to(GIN) for p in GIN.rglob('*.gin')

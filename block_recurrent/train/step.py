@@ -1,0 +1,62 @@
+"""The pure train and eval steps. All IO lives in loop.py; these are jitted once with explicit shardings.
+
+The train state carries the recurrent state and XL caches from step to step (`carry`), with a separate
+copy for evaluation (`eval_carry`) so that evaluating never disturbs training.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from block_recurrent.model.carry import Carry
+
+Array = jax.Array
+
+
+class TrainState(NamedTuple):
+  step: Array  # int32 []
+  params: Any  # nnx.State of the model's Params
+  opt_state: Any
+  rng: Array  # uint32 raw key data (checkpointable)
+  carry: Carry
+  eval_carry: Carry
+
+
+def _token_stats(logits_BxNxV: Array, batch: dict) -> dict:
+  logp = jax.nn.log_softmax(logits_BxNxV.astype(jnp.float32))
+  nll = -jnp.take_along_axis(logp, batch['targets'][..., None], axis=-1)[..., 0]
+  mask = batch['mask'].astype(jnp.float32)
+  correct = (jnp.argmax(logits_BxNxV, -1) == batch['targets']).astype(jnp.float32)
+  return {'nll_sum': jnp.sum(nll * mask), 'tokens': jnp.sum(mask), 'correct': jnp.sum(correct * mask),
+          'bytes': jnp.sum(batch['num_bytes']).astype(jnp.float32)}
+
+
+def train_step(graphdef, tx: optax.GradientTransformation, schedule, state: TrainState, batch: dict,
+               dropout: bool = True):
+  """One optimisation step on one segment per lane; returns the new state and summed metrics."""
+  key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+  def loss_fn(params):
+    model = nnx.merge(graphdef, params)
+    logits, carry = model(batch['inputs'], state.carry, batch['start'], deterministic=not dropout,
+                          dropout_key=key if dropout else None)
+    stats = _token_stats(logits, batch)
+    return stats['nll_sum'] / jnp.maximum(stats['tokens'], 1.0), (carry, stats)
+
+  (loss, (carry, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(stats, loss=loss, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step))
+  return state._replace(step=state.step + 1, params=params, opt_state=opt_state, carry=carry), metrics
+
+
+def eval_step(graphdef, state: TrainState, batch: dict):
+  """Scores one segment per lane with the evaluation carry; parameters and the train carry are untouched."""
+  model = nnx.merge(graphdef, state.params)
+  logits, eval_carry = model(batch['inputs'], state.eval_carry, batch['start'])
+  return state._replace(eval_carry=eval_carry), _token_stats(logits, batch)
