@@ -132,6 +132,8 @@ class DataConfig:
   data_dir: str | None = None  # the corpus folder where the task reads one (pg19, arxiv, github, text_folder)
   spm_path: str | None = None  # SentencePiece model of *_tokens tasks (default: the embedded PG-mini 8k)
   batch_size: int = 8  # lanes, each streaming one document
+  eval_batch_size: int | None = None  # lanes for evaluation (default batch_size); a split of few long books
+  #                                     needs few, since each lane streams one book from start to end
   shuffle_seed: int | None = 0  # document order per epoch; None keeps the source order
   num_epochs: int | None = None  # None streams forever
 
@@ -143,6 +145,8 @@ class DataConfig:
            f'task {self.task} needs a folder: set configs.DataConfig.data_dir')
     _check(isinstance(self.batch_size, int) and self.batch_size > 0,
            f'DataConfig.batch_size must be a positive integer, got {self.batch_size!r}')
+    _check(self.eval_batch_size is None or self.eval_batch_size > 0,
+           f'DataConfig.eval_batch_size must be positive, got {self.eval_batch_size!r}')
     _check(self.num_epochs is None or self.num_epochs > 0,
            f'DataConfig.num_epochs must be None (forever) or positive, got {self.num_epochs!r}')
 

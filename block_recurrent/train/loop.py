@@ -60,6 +60,7 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
   mesh = sharding.make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.model)
   pid, pcount = jax.process_index(), jax.process_count()
   lanes = data_cfg.batch_size // pcount
+  eval_batch = data_cfg.eval_batch_size or data_cfg.batch_size
   train_docs = tasks.documents(data_cfg.task, 'train', data_dir=data_cfg.data_dir, spm_path=data_cfg.spm_path,
                                process_index=pid, process_count=pcount)
   eval_docs = tasks.documents(data_cfg.task, 'validation', data_dir=data_cfg.data_dir,
@@ -75,20 +76,24 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
   def init(seed=train_cfg.seed):
     model = LanguageModel(model_cfg, nnx.Rngs(params=seed))
     params = nnx.state(model)
-    carry = model.init_carry(data_cfg.batch_size)
     return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                               rng=jax.random.key_data(jax.random.key(seed + 1)), carry=carry,
-                               eval_carry=carry)
+                               rng=jax.random.key_data(jax.random.key(seed + 1)),
+                               carry=model.init_carry(data_cfg.batch_size), eval_carry=model.init_carry(eval_batch))
 
   abstract_state = jax.eval_shape(init)
   carry_sh = sharding.carry_shardings(mesh, abstract_state.carry)
+  eval_carry_sh = sharding.carry_shardings(mesh, abstract_state.eval_carry)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   state_sh = step_lib.TrainState(step=replicated, params=param_sh,
                                  opt_state=jax.tree.map(lambda _: replicated, abstract_state.opt_state),
-                                 rng=replicated, carry=carry_sh, eval_carry=carry_sh)
-  batch_sh = {k: sharding.batch_sharding(mesh, (data_cfg.batch_size,) + ((model_cfg.segment_length,)
-                                         if k in ('inputs', 'targets', 'mask') else ()))
-              for k in ('inputs', 'targets', 'mask', 'start', 'num_bytes')}
+                                 rng=replicated, carry=carry_sh, eval_carry=eval_carry_sh)
+
+  def batch_shardings(rows):
+    return {k: sharding.batch_sharding(mesh, (rows,) + ((model_cfg.segment_length,)
+                                       if k in ('inputs', 'targets', 'mask') else ()))
+            for k in ('inputs', 'targets', 'mask', 'start', 'num_bytes')}
+
+  batch_sh, eval_batch_sh = batch_shardings(data_cfg.batch_size), batch_shardings(eval_batch)
 
   # --- restore --------------------------------------------------------------------------------------
   checkpointer = ckpt_lib.Checkpointer(workdir / 'checkpoints', keep=train_cfg.keep_checkpoints,
@@ -114,15 +119,15 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
   train_fn = jax.jit(lambda s, b: step_lib.train_step(graphdef, tx, schedule, s, b,
                                                        dropout=model_cfg.dropout_rate > 0),
                      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=0)
-  eval_fn = jax.jit(lambda s, b: step_lib.eval_step(graphdef, s, b), in_shardings=(state_sh, batch_sh),
+  eval_fn = jax.jit(lambda s, b: step_lib.eval_step(graphdef, s, b), in_shardings=(state_sh, eval_batch_sh),
                     out_shardings=(state_sh, None), donate_argnums=0)
 
   def put(batch):
     return {k: jax.make_array_from_process_local_data(batch_sh[k], v) for k, v in _batch_arrays(batch).items()}
 
   def evaluate(state):
-    eval_batcher = segments.DocumentBatcher(eval_docs, batch_size=lanes, segment_length=model_cfg.segment_length,
-                                            num_epochs=1)
+    eval_batcher = segments.DocumentBatcher(eval_docs, batch_size=eval_batch // pcount,
+                                            segment_length=model_cfg.segment_length, num_epochs=1)
     state = state._replace(eval_carry=jax.tree.map(jnp.zeros_like, state.eval_carry))
     sums = {}
     for i, batch in enumerate(eval_batcher):
@@ -130,7 +135,7 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
         break
       batch = _batch_arrays(batch)
       batch['start'] = batch['start'] | (i == 0)  # a fresh eval carry: every lane starts clean
-      state, stats = eval_fn(state, {k: jax.make_array_from_process_local_data(batch_sh[k], v)
+      state, stats = eval_fn(state, {k: jax.make_array_from_process_local_data(eval_batch_sh[k], v)
                                      for k, v in batch.items()})
       for k, v in stats.items():
         sums[k] = sums.get(k, 0.0) + float(v)
