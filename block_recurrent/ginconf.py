@@ -9,9 +9,7 @@ both work, and includes inside gin files are written relative to `gin/`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util  # noqa: F401  (gin 0.5 on Python 3.11 needs it before dynamic_registration)
-import logging
 import pathlib
 import sys
 from typing import Sequence
@@ -39,30 +37,26 @@ def resolve(name: str) -> str:
   raise configs.ConfigError(f'gin file {name!r} not found (looked in ., {GIN_DIR}, {GIN_DIR.parent})')
 
 
-@contextlib.contextmanager
-def _quiet_search():
-  """gin logs an ERROR for every search path an include is not under; only real failures matter."""
-  root = logging.getLogger()
-  level = root.level
-  root.setLevel(logging.CRITICAL)
-  try:
-    yield
-  finally:
-    root.setLevel(level)
+def _plain_files_only() -> None:
+  """Keeps gin's plain-file reader only. Its Python-package reader treats an include such as
+  'train/x.gin' as package `train` and crashes (TypeError) when a namespace package of that name is
+  importable, e.g. a tests/train folder; our includes are always files under gin/."""
+  readers = gin.config._FILE_READERS  # pylint: disable=protected-access
+  readers[:] = [(reader, exists) for reader, exists in readers if reader is open]
 
 
 def parse(gin_files: Sequence[str] = (), gin_params: Sequence[str] = ()) -> None:
   """Clears any earlier config and parses these files and bindings (later ones win)."""
+  _plain_files_only()
   gin.clear_config(clear_constants=True)
   for path in (GIN_DIR.parent, GIN_DIR):
     if str(path) not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
       gin.add_config_file_search_path(str(path))
   try:
-    with _quiet_search():
-      # The header lets --gin_param name any config class, even one no file mentions.
-      bindings = [_BINDINGS_HEADER] + list(gin_params) if gin_params else []
-      gin.parse_config_files_and_bindings([resolve(f) for f in gin_files], bindings,
-                                          finalize_config=False, skip_unknown=False)
+    # The header lets --gin_param name any config class, even one no file mentions.
+    bindings = [_BINDINGS_HEADER] + list(gin_params) if gin_params else []
+    gin.parse_config_files_and_bindings([resolve(f) for f in gin_files], bindings,
+                                        finalize_config=False, skip_unknown=False)
   except configs.ConfigError:
     raise
   except Exception as e:  # gin raises several types; surface one line with the file and binding

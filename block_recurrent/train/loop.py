@@ -154,6 +154,9 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
       echo('the training data ran out (num_epochs reached)')
       break
     state, metrics = train_fn(state, put(batch))
+    if not sums and step_now == int(restored[0] if restored else 0):
+      jax.block_until_ready(metrics)
+      echo(f'first step done {time.perf_counter() - t0:.1f}s after the loop started (compilation included)')
     for k, v in metrics.items():
       sums[k] = sums.get(k, 0.0) + float(v) if k in ('nll_sum', 'tokens', 'correct', 'bytes') else float(v)
     done = step_now + 1
