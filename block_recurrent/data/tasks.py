@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
+import zlib
 from typing import Iterator
 
 os.environ.setdefault('NO_GCE_CHECK', 'true')  # never probe cloud metadata servers
@@ -116,7 +117,6 @@ def _split_of(documents: list[corpus.RawDocument], split: str) -> list[corpus.Ra
     raise ConfigError(f'unknown split {split!r}: choose one of {", ".join(corpus.SPLITS)}')
   if len(documents) < 3:
     return documents  # too few to split: every split sees them all
-  import zlib
   bucket = lambda name: zlib.crc32(name.encode()) % 100
   chosen = {'train': range(0, 90), 'validation': range(90, 95), 'test': range(95, 100)}[split]
   return [d for d in documents if bucket(d.name) in chosen]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import pathlib
 
-import jax
 import orbax.checkpoint as ocp
 
 from block_recurrent.configs import ConfigError
@@ -68,7 +67,3 @@ def _incompatible(e: Exception) -> bool:
   text = str(e).lower()
   return any(w in text for w in ('shape', 'structure', 'mismatch', 'missing key', 'do not match'))
 
-
-def abstract(tree):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None)),
-                      tree)

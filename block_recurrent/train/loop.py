@@ -122,8 +122,8 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
   eval_fn = jax.jit(lambda s, b: step_lib.eval_step(graphdef, s, b), in_shardings=(state_sh, eval_batch_sh),
                     out_shardings=(state_sh, None), donate_argnums=0)
 
-  def put(batch):
-    return {k: jax.make_array_from_process_local_data(batch_sh[k], v) for k, v in _batch_arrays(batch).items()}
+  def put(arrays: dict, shardings: dict) -> dict:
+    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in arrays.items()}
 
   def evaluate(state):
     eval_batcher = segments.DocumentBatcher(eval_docs, batch_size=eval_batch // pcount,
@@ -133,10 +133,9 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
     for i, batch in enumerate(eval_batcher):
       if train_cfg.eval_segments and i >= train_cfg.eval_segments:
         break
-      batch = _batch_arrays(batch)
-      batch['start'] = batch['start'] | (i == 0)  # a fresh eval carry: every lane starts clean
-      state, stats = eval_fn(state, {k: jax.make_array_from_process_local_data(eval_batch_sh[k], v)
-                                     for k, v in batch.items()})
+      arrays = _batch_arrays(batch)
+      arrays['start'] = arrays['start'] | (i == 0)  # a fresh eval carry: every lane starts clean
+      state, stats = eval_fn(state, put(arrays, eval_batch_sh))
       for k, v in stats.items():
         sums[k] = sums.get(k, 0.0) + float(v)
     return state, _summary(sums)
@@ -153,7 +152,7 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
     if batch is None:
       echo('the training data ran out (num_epochs reached)')
       break
-    state, metrics = train_fn(state, put(batch))
+    state, metrics = train_fn(state, put(_batch_arrays(batch), batch_sh))
     if not sums and step_now == int(restored[0] if restored else 0):
       jax.block_until_ready(metrics)
       echo(f'first step done {time.perf_counter() - t0:.1f}s after the loop started (compilation included)')
