@@ -27,5 +27,6 @@ setuptools.setup(
     extras_require={'test': ['pytest>=8', 'hypothesis>=6.100']},
     entry_points={'console_scripts': ['brt-info=block_recurrent.info:run',
                                       'brt-vocab=block_recurrent.data.vocab:run',
-                                      'brt-train=block_recurrent.main:run']},
+                                      'brt-train=block_recurrent.main:run',
+                                      'brt-eval=block_recurrent.main:run_eval']},
 )

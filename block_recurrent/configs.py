@@ -138,6 +138,8 @@ class DataConfig:
   num_epochs: int | None = None  # None streams forever
 
   def __post_init__(self):
+    _check(isinstance(self.task, str), 'DataConfig.task is required: add a task file such as '
+           '--gin_file=task/pg_mini_bytes.gin (see gin/task/)')
     corpus, _, kind = self.task.rpartition('_')
     _check(bool(corpus) and kind in ('bytes', 'tokens'),
            f'DataConfig.task {self.task!r} must be <corpus>_bytes or <corpus>_tokens, e.g. pg_mini_bytes')

@@ -1,22 +1,32 @@
-"""`brt-train`: gin-configured training (also `python -m block_recurrent.main`).
+"""`brt-train` and `brt-eval`: gin-configured training and scoring (also `python -m block_recurrent.main`).
 
     brt-train --gin_file=gin/experiments/local_cpu.gin [--gin_param=...] --workdir=DIR [--load_dir=DIR]
+    brt-eval --workdir=DIR [--split=test] [--task=pg19_bytes] [--data_dir=...] [--step=N]
 
-gin binds ModelConfig, DataConfig, TrainConfig and MeshConfig; the bindings actually in force are
-written to DIR/config.gin. Re-running with the same workdir resumes from its newest checkpoint.
+gin binds ModelConfig, DataConfig, TrainConfig and MeshConfig; the bindings in force are written to
+DIR/config.gin, which brt-eval reads back. Re-running brt-train with the same workdir resumes from its
+newest checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import sys
 
 os.environ.setdefault('NO_GCE_CHECK', 'true')
 
 
+def _configs(gin_files, gin_params):
+  from block_recurrent import configs, ginconf
+  ginconf.parse(gin_files, gin_params)
+  return (ginconf.bound_model_config(), ginconf.bound_data_config(), ginconf.bound(configs.TrainConfig),
+          ginconf.bound(configs.MeshConfig))
+
+
 def main(argv: list[str] | None = None) -> int:
-  import gin  # noqa: F401
+  import gin
 
   from block_recurrent import configs, ginconf
   parser = argparse.ArgumentParser(prog='brt-train', description=__doc__.splitlines()[0])
@@ -26,9 +36,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--reset_optimizer', action='store_true', help='with --load_dir: fresh optimiser state')
   args = parser.parse_args(argv)
   try:
-    ginconf.parse(args.gin_file, args.gin_param)
-    model_cfg, data_cfg = ginconf.bound_model_config(), ginconf.bound_data_config()
-    train_cfg, mesh_cfg = ginconf.bound(configs.TrainConfig), ginconf.bound(configs.MeshConfig)
+    model_cfg, data_cfg, train_cfg, mesh_cfg = _configs(args.gin_file, args.gin_param)
     from block_recurrent.train import loop  # heavy imports only once the config is known to be good
     loop.train(model_cfg, data_cfg, train_cfg, mesh_cfg, args.workdir, load_dir=args.load_dir,
                reset_optimizer=args.reset_optimizer, config_text=gin.config_str(),
@@ -39,8 +47,51 @@ def main(argv: list[str] | None = None) -> int:
   return 0
 
 
+def eval_main(argv: list[str] | None = None) -> int:
+  """brt-eval: scores a trained workdir's checkpoint on a whole split, carrying the state through every
+  segment of every document; prints `bits per byte: X` and `bits per token: X`."""
+  import dataclasses
+
+  from block_recurrent import configs
+  parser = argparse.ArgumentParser(prog='brt-eval', description=eval_main.__doc__.splitlines()[0])
+  parser.add_argument('--workdir', required=True, help='a brt-train workdir (its config.gin and checkpoints)')
+  parser.add_argument('--split', default='validation', help='train, validation or test')
+  parser.add_argument('--task', default=None, help="another registered task, e.g. pg19_bytes (default: the run's)")
+  parser.add_argument('--data_dir', default=None, help='corpus folder for --task')
+  parser.add_argument('--spm_path', default=None, help='SentencePiece model for a *_tokens --task')
+  parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: the newest)')
+  parser.add_argument('--gin_param', action='append', default=[], help='extra binding, e.g. eval_batch_size')
+  args = parser.parse_args(argv)
+  try:
+    config_file = pathlib.Path(args.workdir) / 'config.gin'
+    if not config_file.is_file():
+      raise configs.ConfigError(f'{config_file} not found: --workdir must be a folder brt-train wrote')
+    model_cfg, data_cfg, train_cfg, mesh_cfg = _configs([str(config_file)], args.gin_param)
+    if args.task:
+      data_cfg = dataclasses.replace(data_cfg, task=args.task, data_dir=args.data_dir, spm_path=args.spm_path)
+    elif args.data_dir or args.spm_path:
+      data_cfg = dataclasses.replace(data_cfg, data_dir=args.data_dir or data_cfg.data_dir,
+                                     spm_path=args.spm_path or data_cfg.spm_path)
+    if args.split not in ('train', 'validation', 'test'):
+      raise configs.ConfigError(f'--split {args.split!r}: use train, validation or test')
+    from block_recurrent.train import loop
+    result = loop.evaluate_workdir(model_cfg, data_cfg, train_cfg, mesh_cfg, args.workdir, split=args.split,
+                                   step=args.step, echo=lambda line: print(line, flush=True))
+  except configs.ConfigError as e:
+    print(f'brt-eval: error: {e}', file=sys.stderr)
+    return 2
+  print(f'tokens: {result["tokens"]:.0f}  bytes: {result["bytes"]:.0f}  documents: {result["documents"]}')
+  print(f'bits per byte: {result["bits_per_byte"]:.6f}')
+  print(f'bits per token: {result["bits_per_token"]:.6f}')
+  return 0
+
+
 def run() -> None:
   sys.exit(main())
+
+
+def run_eval() -> None:
+  sys.exit(eval_main())
 
 
 if __name__ == '__main__':

@@ -179,6 +179,12 @@ for _corpus in ('pg_mini', 'pg19', 'arxiv'):
     task(f'{_corpus}_{_kind}')
 
 
+def vocab_size(name: str, spm_path: str | None = None) -> int:
+  """How many token ids task `name` produces (its vocabulary's size)."""
+  kind = name.rpartition('_')[2]
+  return (seqio.ByteVocabulary() if kind == 'bytes' else token_vocabulary(spm_path)).vocab_size
+
+
 def num_bytes_table(t: seqio.Task) -> np.ndarray:
   """int32 [vocab]: the UTF-8 bytes each id of the task's vocabulary stands for."""
   vocabulary = t.output_features['targets'].vocabulary

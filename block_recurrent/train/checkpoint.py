@@ -17,14 +17,17 @@ from block_recurrent.configs import ConfigError
 
 class Checkpointer:
 
-  def __init__(self, directory, *, keep: int, every: int):
+  def __init__(self, directory, *, keep: int, every: int, create: bool = True):
+    """create=False opens another run's checkpoints read-only in intent: nothing is made or deleted there
+    (keep must then exceed the number of checkpoints, which only saving would enforce anyway)."""
     self.directory = pathlib.Path(directory).resolve()
-    try:
-      self.directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-      raise ConfigError(f'cannot create checkpoint folder {self.directory}: {e.strerror}') from None
+    if create:
+      try:
+        self.directory.mkdir(parents=True, exist_ok=True)
+      except OSError as e:
+        raise ConfigError(f'cannot create checkpoint folder {self.directory}: {e.strerror}') from None
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=max(every, 1),
-                                           enable_async_checkpointing=True, create=True)
+                                           enable_async_checkpointing=True, create=create)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def save(self, step: int, state, cursor: dict, *, force: bool = False) -> bool:

@@ -6,10 +6,10 @@ the data cursor; otherwise --load_dir's parameters (fine-tuning) or a fresh init
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 import time
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,7 @@ from flax import nnx
 from block_recurrent import configs, flops, sharding
 from block_recurrent.data import segments, tasks
 from block_recurrent.model.lm import LanguageModel
-from block_recurrent.train import checkpoint as ckpt_lib, optim, step as step_lib
+from block_recurrent.train import checkpoint as ckpt_lib, optim, step as step_lib, summaries
 
 LN2 = math.log(2.0)
 
@@ -47,28 +47,29 @@ def _summary(sums: dict) -> dict:
           'accuracy': sums['correct'] / tokens}
 
 
-def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cfg: configs.TrainConfig,
-          mesh_cfg: configs.MeshConfig, workdir: str, *, load_dir: str | None = None,
-          reset_optimizer: bool = False, config_text: str = '', echo=print) -> dict:
-  # --- setup --------------------------------------------------------------------------------------
-  workdir = pathlib.Path(workdir).resolve()
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / 'config.gin').write_text(config_text)
-  except OSError as e:
-    raise configs.ConfigError(f'cannot write to workdir {workdir}: {e.strerror}') from None
-  mesh = sharding.make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.model)
-  pid, pcount = jax.process_index(), jax.process_count()
-  lanes = data_cfg.batch_size // pcount
-  eval_batch = data_cfg.eval_batch_size or data_cfg.batch_size
-  train_docs = tasks.documents(data_cfg.task, 'train', data_dir=data_cfg.data_dir, spm_path=data_cfg.spm_path,
-                               process_index=pid, process_count=pcount)
-  eval_docs = tasks.documents(data_cfg.task, 'validation', data_dir=data_cfg.data_dir,
-                              spm_path=data_cfg.spm_path, process_index=pid, process_count=pcount)
-  batcher = segments.DocumentBatcher(train_docs, batch_size=lanes, segment_length=model_cfg.segment_length,
-                                     shuffle_seed=data_cfg.shuffle_seed, num_epochs=data_cfg.num_epochs)
-  tx, schedule = optim.optimizer(train_cfg), optim.schedule(train_cfg)
+class Setup(NamedTuple):
+  """Everything the train and eval programs share, built from the configs before any compute."""
+  mesh: jax.sharding.Mesh
+  tx: Any
+  schedule: Any
+  graphdef: Any
+  init: Callable[[], step_lib.TrainState]
+  target: step_lib.TrainState  # abstract state with shardings: what checkpoints restore into
+  state_sh: step_lib.TrainState
+  batch_sh: dict
+  eval_batch_sh: dict
+  eval_batch: int
 
+
+def setup(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cfg: configs.TrainConfig,
+          mesh_cfg: configs.MeshConfig) -> Setup:
+  vocab = tasks.vocab_size(data_cfg.task, data_cfg.spm_path)
+  if vocab > model_cfg.vocab_size:
+    raise configs.ConfigError(f'task {data_cfg.task} has {vocab} token ids but the model has vocab_size '
+                              f'{model_cfg.vocab_size}: pick a vocab/*.gin that matches the task')
+  mesh = sharding.make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.model)
+  eval_batch = data_cfg.eval_batch_size or data_cfg.batch_size
+  tx, schedule = optim.optimizer(train_cfg), optim.schedule(train_cfg)
   abstract_model = nnx.eval_shape(lambda: LanguageModel(model_cfg, nnx.Rngs(0)))
   graphdef, abstract_params = nnx.split(abstract_model)
   param_sh = sharding.param_shardings(mesh, abstract_params)
@@ -81,107 +82,168 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
                                carry=model.init_carry(data_cfg.batch_size), eval_carry=model.init_carry(eval_batch))
 
   abstract_state = jax.eval_shape(init)
-  carry_sh = sharding.carry_shardings(mesh, abstract_state.carry)
-  eval_carry_sh = sharding.carry_shardings(mesh, abstract_state.eval_carry)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   state_sh = step_lib.TrainState(step=replicated, params=param_sh,
                                  opt_state=jax.tree.map(lambda _: replicated, abstract_state.opt_state),
-                                 rng=replicated, carry=carry_sh, eval_carry=eval_carry_sh)
+                                 rng=replicated, carry=sharding.carry_shardings(mesh, abstract_state.carry),
+                                 eval_carry=sharding.carry_shardings(mesh, abstract_state.eval_carry))
 
   def batch_shardings(rows):
     return {k: sharding.batch_sharding(mesh, (rows,) + ((model_cfg.segment_length,)
                                        if k in ('inputs', 'targets', 'mask') else ()))
             for k in ('inputs', 'targets', 'mask', 'start', 'num_bytes')}
 
-  batch_sh, eval_batch_sh = batch_shardings(data_cfg.batch_size), batch_shardings(eval_batch)
+  target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_state,
+                        state_sh)
+  return Setup(mesh, tx, schedule, graphdef, init, target, state_sh, batch_shardings(data_cfg.batch_size),
+               batch_shardings(eval_batch), eval_batch)
+
+
+def _put(arrays: dict, shardings: dict) -> dict:
+  return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in arrays.items()}
+
+
+def eval_program(s: Setup):
+  return jax.jit(lambda st, b: step_lib.eval_step(s.graphdef, st, b), in_shardings=(s.state_sh, s.eval_batch_sh),
+                 out_shardings=(s.state_sh, None), donate_argnums=0)
+
+
+def evaluate(s: Setup, eval_fn, state: step_lib.TrainState, docs, segment_length: int, max_segments: int = 0):
+  """Streams whole documents through eval_batch lanes with a fresh eval carry, carried across every
+  segment of every document; returns the state and the summary (bits per byte/token, ...)."""
+  eval_batcher = segments.DocumentBatcher(docs, batch_size=s.eval_batch // jax.process_count(),
+                                          segment_length=segment_length, num_epochs=1)
+  state = state._replace(eval_carry=jax.tree.map(jnp.zeros_like, state.eval_carry))
+  sums = {}
+  for i, batch in enumerate(eval_batcher):
+    if max_segments and i >= max_segments:
+      break
+    arrays = _batch_arrays(batch)
+    arrays['start'] = arrays['start'] | (i == 0)  # a fresh eval carry: every lane starts clean
+    state, stats = eval_fn(state, _put(arrays, s.eval_batch_sh))
+    for k, v in stats.items():
+      sums[k] = sums.get(k, 0.0) + float(v)
+  return state, dict(_summary(sums), tokens=sums.get('tokens', 0.0), bytes=sums.get('bytes', 0.0))
+
+
+def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cfg: configs.TrainConfig,
+          mesh_cfg: configs.MeshConfig, workdir: str, *, load_dir: str | None = None,
+          reset_optimizer: bool = False, config_text: str = '', echo=print) -> dict:
+  # --- setup --------------------------------------------------------------------------------------
+  s = setup(model_cfg, data_cfg, train_cfg, mesh_cfg)
+  workdir = pathlib.Path(workdir).resolve()
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / 'config.gin').write_text(config_text)
+  except OSError as e:
+    raise configs.ConfigError(f'cannot write to workdir {workdir}: {e.strerror}') from None
+  pid, pcount = jax.process_index(), jax.process_count()
+  docs = {split: tasks.documents(data_cfg.task, split, data_dir=data_cfg.data_dir, spm_path=data_cfg.spm_path,
+                                 process_index=pid, process_count=pcount) for split in ('train', 'validation')}
+  batcher = segments.DocumentBatcher(docs['train'], batch_size=data_cfg.batch_size // pcount,
+                                     segment_length=model_cfg.segment_length,
+                                     shuffle_seed=data_cfg.shuffle_seed, num_epochs=data_cfg.num_epochs)
 
   # --- restore --------------------------------------------------------------------------------------
   checkpointer = ckpt_lib.Checkpointer(workdir / 'checkpoints', keep=train_cfg.keep_checkpoints,
                                        every=train_cfg.checkpoint_every)
-  target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_state,
-                        state_sh)
-  restored = checkpointer.restore(target)
+  restored = checkpointer.restore(s.target)
+  first_step = 0
   if restored is not None:
-    start_step, state, cursor = restored
+    first_step, state, cursor = restored
     batcher.restore(cursor)
-    echo(f'resumed from {checkpointer.directory}/{start_step}')
+    echo(f'resumed from {checkpointer.directory}/{first_step}')
   else:
-    state = jax.jit(init, out_shardings=state_sh)()
+    state = jax.jit(s.init, out_shardings=s.state_sh)()
     if load_dir:
-      loaded = ckpt_lib.Checkpointer(pathlib.Path(load_dir) / 'checkpoints', keep=1, every=1).restore(target)
-      if loaded is None:
-        raise configs.ConfigError(f'--load_dir {load_dir} holds no complete checkpoint')
-      params = loaded[1].params
-      state = state._replace(params=params, opt_state=state.opt_state if reset_optimizer else
-                             loaded[1].opt_state)
-      echo(f'started from the parameters of {load_dir}' + (' (optimiser reset)' if reset_optimizer else ''))
+      state = _load_parameters(s, state, load_dir, reset_optimizer, echo)
 
-  train_fn = jax.jit(lambda s, b: step_lib.train_step(graphdef, tx, schedule, s, b,
-                                                       dropout=model_cfg.dropout_rate > 0),
-                     in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=0)
-  eval_fn = jax.jit(lambda s, b: step_lib.eval_step(graphdef, s, b), in_shardings=(state_sh, eval_batch_sh),
-                    out_shardings=(state_sh, None), donate_argnums=0)
-
-  def put(arrays: dict, shardings: dict) -> dict:
-    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in arrays.items()}
-
-  def evaluate(state):
-    eval_batcher = segments.DocumentBatcher(eval_docs, batch_size=eval_batch // pcount,
-                                            segment_length=model_cfg.segment_length, num_epochs=1)
-    state = state._replace(eval_carry=jax.tree.map(jnp.zeros_like, state.eval_carry))
-    sums = {}
-    for i, batch in enumerate(eval_batcher):
-      if train_cfg.eval_segments and i >= train_cfg.eval_segments:
-        break
-      arrays = _batch_arrays(batch)
-      arrays['start'] = arrays['start'] | (i == 0)  # a fresh eval carry: every lane starts clean
-      state, stats = eval_fn(state, put(arrays, eval_batch_sh))
-      for k, v in stats.items():
-        sums[k] = sums.get(k, 0.0) + float(v)
-    return state, _summary(sums)
+  train_fn = jax.jit(lambda st, b: step_lib.train_step(s.graphdef, s.tx, s.schedule, st, b,
+                                                        dropout=model_cfg.dropout_rate > 0),
+                     in_shardings=(s.state_sh, s.batch_sh), out_shardings=(s.state_sh, None), donate_argnums=0)
+  eval_fn = eval_program(s)
 
   # --- loop ---------------------------------------------------------------------------------------
   peak = matmul_peak_flops()
   flops_per_token = flops.train_flops_per_token(model_cfg)
-  log = (workdir / 'metrics.jsonl').open('a')
+  writer = summaries.MetricsWriter(workdir)
   step_now = int(state.step)
   echo(f'training {data_cfg.task} for {train_cfg.num_steps} steps from step {step_now}: workdir {workdir}')
-  sums, t_log, t0, last = {}, time.perf_counter(), time.perf_counter(), {}
+  sums, t_log, t0, last, timed_tokens = {}, time.perf_counter(), time.perf_counter(), {}, 0.0
   for step_now in range(step_now, train_cfg.num_steps):
     batch = next(batcher, None)
     if batch is None:
       echo('the training data ran out (num_epochs reached)')
       break
-    state, metrics = train_fn(state, put(_batch_arrays(batch), batch_sh))
-    if not sums and step_now == int(restored[0] if restored else 0):
+    state, metrics = train_fn(state, _put(_batch_arrays(batch), s.batch_sh))
+    if not sums and step_now == first_step:
       jax.block_until_ready(metrics)
       echo(f'first step done {time.perf_counter() - t0:.1f}s after the loop started (compilation included)')
+      t_log, timed_tokens = time.perf_counter(), -float(metrics['tokens'])  # rates exclude compilation
     for k, v in metrics.items():
       sums[k] = sums.get(k, 0.0) + float(v) if k in ('nll_sum', 'tokens', 'correct', 'bytes') else float(v)
     done = step_now + 1
     if done % max(train_cfg.log_every, 1) == 0 or done == train_cfg.num_steps:
       elapsed = time.perf_counter() - t_log
-      rate = sums['tokens'] / max(elapsed, 1e-9)
-      last = dict(_summary(sums), step=done, learning_rate=sums['learning_rate'], grad_norm=sums['grad_norm'],
-                  tokens_per_s=rate, mfu=rate * flops_per_token / peak)
-      eta = (time.perf_counter() - t0) / max(done - int(restored[0] if restored else 0), 1) * (
-          train_cfg.num_steps - done)
+      rate = (sums['tokens'] + timed_tokens) / max(elapsed, 1e-9)
+      last = dict(_summary(sums), learning_rate=sums['learning_rate'], grad_norm=sums['grad_norm'],
+                  tokens_per_s=rate, model_flops_per_token=flops_per_token, mfu=rate * flops_per_token / peak)
+      eta = (time.perf_counter() - t0) / max(done - first_step, 1) * (train_cfg.num_steps - done)
       echo(f'step {done:6d}/{train_cfg.num_steps}  loss {last["loss"]:.3f}  bits/byte {last["bits_per_byte"]:.3f}  '
            f'{rate:,.0f} tokens/s  MFU {100 * last["mfu"]:.1f}%  ETA {eta:.0f}s')
-      log.write(json.dumps({'split': 'train', **last}) + '\n')
-      log.flush()
-      sums, t_log = {}, time.perf_counter()
+      writer.write('train', done, last)
+      sums, t_log, timed_tokens = {}, time.perf_counter(), 0.0
     if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done < train_cfg.num_steps:
-      state, ev = evaluate(state)
+      state, ev = evaluate(s, eval_fn, state, docs['validation'], model_cfg.segment_length,
+                           train_cfg.eval_segments)
       echo(f'eval at step {done}: bits/byte {ev["bits_per_byte"]:.3f}  bits/token {ev["bits_per_token"]:.3f}')
-      log.write(json.dumps({'split': 'validation', 'step': done, **ev}) + '\n')
+      writer.write('validation', done, ev)
     if done % max(train_cfg.checkpoint_every, 1) == 0 or done == train_cfg.num_steps:
       checkpointer.save(done, state, batcher.state(), force=done == train_cfg.num_steps)
   checkpointer.wait()
-  state, ev = evaluate(state)
-  log.write(json.dumps({'split': 'validation', 'step': int(state.step), **ev}) + '\n')
-  log.close()
+  state, ev = evaluate(s, eval_fn, state, docs['validation'], model_cfg.segment_length, train_cfg.eval_segments)
+  writer.write('validation', int(state.step), ev)
+  writer.close()
   checkpointer.close()
   echo(f'validation bits/byte {ev["bits_per_byte"]:.4f}  bits/token {ev["bits_per_token"]:.4f}')
-  echo(f'outputs: {workdir}/metrics.jsonl, {workdir}/config.gin, {checkpointer.directory}')
+  echo(f'outputs: {workdir}/metrics.jsonl, {workdir}/tensorboard, {workdir}/config.gin, {checkpointer.directory}')
   return {'train': last, 'validation': ev, 'state': state}
+
+
+def _load_parameters(s: Setup, state, load_dir: str, reset_optimizer: bool, echo):
+  """--load_dir: another run's newest parameters (and optimiser state unless reset); step 0, fresh carries."""
+  source = pathlib.Path(load_dir) / 'checkpoints'
+  if not source.is_dir():
+    raise configs.ConfigError(f'--load_dir {load_dir} has no checkpoints folder: point it at a brt-train workdir')
+  loader = ckpt_lib.Checkpointer(source, keep=1000, every=1, create=False)
+  loaded = loader.restore(s.target)
+  loader.close()
+  if loaded is None:
+    raise configs.ConfigError(f'--load_dir {load_dir} holds no complete checkpoint')
+  state = state._replace(params=loaded[1].params,
+                         opt_state=state.opt_state if reset_optimizer else loaded[1].opt_state)
+  echo(f'started from the parameters of {source}/{loaded[0]}' + (' (optimiser reset)' if reset_optimizer else ''))
+  return state
+
+
+def evaluate_workdir(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig,
+                     train_cfg: configs.TrainConfig, mesh_cfg: configs.MeshConfig, workdir: str, *,
+                     split: str = 'validation', step: int | None = None, echo=print) -> dict:
+  """brt-eval: the newest (or `step`) checkpoint of workdir scored on a whole split of data_cfg.task."""
+  s = setup(model_cfg, data_cfg, train_cfg, mesh_cfg)
+  directory = pathlib.Path(workdir) / 'checkpoints'
+  if not directory.is_dir():
+    raise configs.ConfigError(f'{workdir} has no checkpoints: train it first with brt-train --workdir={workdir}')
+  checkpointer = ckpt_lib.Checkpointer(directory, keep=1000, every=1, create=False)
+  restored = checkpointer.restore(s.target, step)
+  checkpointer.close()
+  if restored is None:
+    raise configs.ConfigError(f'{directory} holds no complete checkpoint'
+                              + (f' at step {step}' if step is not None else ''))
+  docs = tasks.documents(data_cfg.task, split, data_dir=data_cfg.data_dir, spm_path=data_cfg.spm_path,
+                         process_index=jax.process_index(), process_count=jax.process_count())
+  if not docs:
+    raise configs.ConfigError(f'task {data_cfg.task} has no documents in split {split!r}')
+  echo(f'scoring {len(docs)} {split} documents of {data_cfg.task} with {directory}/{restored[0]}')
+  _, ev = evaluate(s, eval_program(s), restored[1], docs, model_cfg.segment_length)
+  return dict(ev, step=restored[0], documents=len(docs))

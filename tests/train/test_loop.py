@@ -15,8 +15,8 @@ from flax import nnx
 
 import block_recurrent as brt
 from block_recurrent import configs, sharding
-from block_recurrent.main import main as brt_train
-from block_recurrent.train import checkpoint, optim, step as step_lib
+from block_recurrent.main import eval_main as brt_eval, main as brt_train
+from block_recurrent.train import checkpoint, optim, step as step_lib, summaries
 import helpers
 
 TINY = ['gin/experiments/tiny/rec_fixed_skip.gin', 'gin/task/pg_mini_bytes.gin']
@@ -35,12 +35,17 @@ def _train_losses(workdir):
   return {r['step']: r['loss'] for r in rows if r['split'] == 'train'}
 
 
-def _checkpoint_leaves(workdir, step):
+def _checkpoint_state(workdir, step):
+  """The raw saved train state (nested dicts of arrays), read without the training code's target."""
   ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', keep=5, every=1)
   import orbax.checkpoint as ocp
   restored = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   ckpt.close()
-  return jax.tree.leaves(restored['state'])
+  return restored['state']
+
+
+def _checkpoint_leaves(workdir, step):
+  return jax.tree.leaves(_checkpoint_state(workdir, step))
 
 
 @pytest.fixture(scope='module')
@@ -154,3 +159,103 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous(tmp_path, whole,
   assert brt_train(_args(run, steps=3)) == 0
   out = capsys.readouterr().out
   assert f'resumed from {run}/checkpoints/2' in out and (run / 'checkpoints' / '3').is_dir()
+
+
+def test_metrics_go_to_jsonl_and_tensorboard_alike(whole):
+  rows = [json.loads(l) for l in (whole / 'metrics.jsonl').read_text().splitlines()]
+  train_rows = [r for r in rows if r['split'] == 'train']
+  assert [r['step'] for r in train_rows] == [1, 2, 3, 4]
+  for key in ('loss', 'bits_per_token', 'bits_per_byte', 'perplexity', 'accuracy', 'learning_rate',
+              'grad_norm', 'tokens_per_s', 'model_flops_per_token', 'mfu'):
+    assert all(np.isfinite(r[key]) for r in train_rows), key
+  events = summaries.read_events(whole / 'tensorboard' / 'train')
+  tb = {(step, tag): value for step, tag, value in events}
+  for r in train_rows:
+    assert tb[(r['step'], 'loss')] == pytest.approx(r['loss'], rel=1e-6)
+    assert tb[(r['step'], 'grad_norm')] == pytest.approx(r['grad_norm'], rel=1e-6)
+  validation = summaries.read_events(whole / 'tensorboard' / 'validation')
+  assert (4, 'bits_per_byte') in {(s, t) for s, t, _ in validation}
+
+
+def test_brt_eval_streams_whole_documents_of_another_task(tmp_path, whole, capsys):
+  """brt-eval on a text folder == the model run over each whole document in one call (3 segments with the
+  carry passed across == one long segment), so the data, the carry and the byte count are all right."""
+  folder = tmp_path / 'texts'
+  folder.mkdir()
+  texts = {'a.txt': 'It is a truth universally acknowledged, that a single man in possession of a fort',
+           'b.txt': 'Call me Ishmael. Some years ago, never mind how long.'}
+  for name, text in texts.items():
+    (folder / name).write_text(text)
+  capsys.readouterr()
+  assert brt_eval([f'--workdir={whole}', '--split=test', '--task=text_folder_bytes', f'--data_dir={folder}']) == 0
+  out = capsys.readouterr().out
+  got_bpb = float(out.split('bits per byte: ')[1].split()[0])
+  got_bpt = float(out.split('bits per token: ')[1].split()[0])
+
+  cfg = brt.ModelConfig(**{**vars(configs.ModelConfig()), **_model_fields(whole)})
+  model = brt.build_model(config=cfg, seed=0)
+  params, apply, _ = brt.functional(model)
+  saved = _checkpoint_state(whole, 4)['params']
+  leaves = jax.tree.leaves(saved)  # same key order: the saved dicts only add a 'value' level
+  assert [np.shape(x) for x in leaves] == [x.shape for x in jax.tree.leaves(params)]
+  params = jax.tree.unflatten(jax.tree.structure(params), [jnp.asarray(x) for x in leaves])
+  nats, count = 0.0, 0
+  for text in texts.values():
+    targets = np.frombuffer(text.encode(), np.uint8).astype(np.int32) + 3
+    n = -(-len(targets) // cfg.segment_length) * cfg.segment_length
+    inputs = np.zeros(n, np.int32)
+    inputs[1:len(targets)] = targets[:-1]
+    logits, _ = apply(params, inputs[None], model.init_carry(1), np.ones(1, bool))
+    logp = jax.nn.log_softmax(np.asarray(logits[0, :len(targets)], np.float64))
+    nats += -float(np.sum(np.take_along_axis(np.asarray(logp), targets[:, None], 1)))
+    count += len(targets)
+  assert got_bpb == pytest.approx(nats / np.log(2) / count, rel=1e-5)
+  assert got_bpt == got_bpb  # bytes vocabulary: one token per byte
+
+
+def _model_fields(workdir):
+  fields = {}
+  for line in (workdir / 'config.gin').read_text().splitlines():
+    if line.startswith('configs.ModelConfig.'):
+      key, value = line[len('configs.ModelConfig.'):].split(' = ')
+      fields[key] = eval(value)  # the literals gin wrote  # pylint: disable=eval-used
+  return fields
+
+
+def test_load_dir_starts_from_another_runs_parameters(tmp_path, whole, capsys):
+  run = tmp_path / 'finetune'
+  args = _args(run, steps=1) + [f'--load_dir={whole}', '--reset_optimizer',
+                                '--gin_param=configs.TrainConfig.learning_rate = 1e-9']
+  capsys.readouterr()
+  assert brt_train(args) == 0
+  assert f'started from the parameters of {whole}/checkpoints/4 (optimiser reset)' in capsys.readouterr().out
+  loaded, source = _checkpoint_state(run, 1), _checkpoint_state(whole, 4)
+  assert int(loaded['step']) == 1  # a new run: its own step count, carries and data cursor
+  helpers.assert_close(loaded['params'], source['params'], 1e-6, 'fine-tuned params after one tiny step')
+  fresh = _checkpoint_state(whole, 2)['params']
+  gap = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+            for a, b in zip(jax.tree.leaves(loaded['params']), jax.tree.leaves(fresh)))
+  assert gap > 1e-4
+  assert brt_train(_args(tmp_path / 'x', steps=1) + [f'--load_dir={tmp_path}/none']) == 2
+  assert 'has no checkpoints folder' in capsys.readouterr().err
+
+
+def test_conflicting_gin_files_fail_naming_binding_and_files(tmp_path, capsys):
+  mixed = tmp_path / 'mixed.gin'
+  mixed.write_text("include 'experiments/tiny/xl.gin'\ninclude 'size/small.gin'\n")
+  assert brt_train([f'--gin_file={mixed}', '--gin_file=task/pg_mini_bytes.gin', f'--workdir={tmp_path}/w']) == 2
+  err = capsys.readouterr().err
+  assert 'conflicting gin bindings for configs.ModelConfig.' in err and 'size/tiny.gin' in err
+  assert 'size/small.gin' in err and err.count('\n') == 1
+  assert not (tmp_path / 'w').exists()  # failed before any compute or write
+  # Overrides are not conflicts: a later --gin_file, --gin_param, and anything over base.gin.
+  assert ginconf_parse_ok(['experiments/tiny/xl.gin', 'size/small.gin'])
+  assert ginconf_parse_ok(['experiments/local_cpu.gin'])
+  assert brt_train(['--gin_file=experiments/paper/xl512.gin', f'--workdir={tmp_path}/w']) == 2
+  assert 'DataConfig.task is required' in capsys.readouterr().err
+
+
+def ginconf_parse_ok(files):
+  from block_recurrent import ginconf
+  ginconf.parse(files)
+  return True

@@ -1,0 +1,54 @@
+"""Metrics out: one JSON line per record in workdir/metrics.jsonl and TensorBoard event files in
+workdir/tensorboard/<split>/ (via tf.summary; TensorFlow is already here for seqio). Only process 0 writes."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+
+
+class MetricsWriter:
+
+  def __init__(self, workdir: pathlib.Path):
+    self.enabled = jax.process_index() == 0
+    self.workdir = workdir
+    self._jsonl = (workdir / 'metrics.jsonl').open('a') if self.enabled else None
+    self._writers: dict = {}
+
+  def write(self, split: str, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    self._jsonl.write(json.dumps({'split': split, 'step': step, **metrics}) + '\n')
+    self._jsonl.flush()
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    if split not in self._writers:
+      self._writers[split] = tf.summary.create_file_writer(str(self.workdir / 'tensorboard' / split))
+    # tf.summary.scalar needs the tensorboard package; the core op with the scalars plugin's metadata
+    # writes the same event, so TensorBoard shows these as scalars without TensorFlow depending on it.
+    metadata = tf.compat.v1.SummaryMetadata(plugin_data=tf.compat.v1.SummaryMetadata.PluginData(
+        plugin_name='scalars'))
+    with self._writers[split].as_default(step=step):
+      for name, value in metrics.items():
+        if isinstance(value, (int, float)):
+          tf.summary.write(name, tf.constant(float(value), tf.float32), metadata=metadata)
+    self._writers[split].flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      for w in self._writers.values():
+        w.close()
+
+
+def read_events(folder) -> list[tuple[int, str, float]]:
+  """(step, tag, value) of every scalar in the TensorBoard event files under folder."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  out = []
+  for path in sorted(pathlib.Path(folder).glob('events.out.tfevents.*')):
+    for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+      event = tf.compat.v1.Event.FromString(record)
+      for v in event.summary.value:
+        out.append((event.step, v.tag, float(tf.make_ndarray(v.tensor))))
+  return out
