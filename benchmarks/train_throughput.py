@@ -21,6 +21,7 @@ import optax
 from flax import nnx
 
 from block_recurrent import api, flops, ginconf
+from block_recurrent.train import loop
 
 MODELS = {
     'Rec:fixed:skip': 'gin/experiments/small/rec_fixed_skip.gin',
@@ -71,13 +72,16 @@ def main():
     tokens_per_step[name] = args.batch * cfg.segment_length
     flops_per_token[name] = flops.train_flops_per_token(cfg)
     t0 = time.perf_counter()
-    runners[name](2)  # compile and warm up
+    runners[name](1)  # compile
+    first = time.perf_counter() - t0
+    runners[name](1)  # warm up
     print(f'{name:15s} {path}: d={cfg.d_model} L={cfg.total_layers} N={cfg.segment_length} '
           f'W={cfg.window} S={cfg.num_states if cfg.recurrent_layers else "-"} '
-          f'(compile+2 steps {time.perf_counter() - t0:.1f}s)')
+          f'(time to first step, compilation included: {first:.1f}s)')
 
-  times = {name: [] for name in MODELS}
+  times, peaks = {name: [] for name in MODELS}, []
   for _ in range(args.rounds):
+    peaks.append(loop.matmul_peak_flops())  # the MFU denominator, re-measured beside every round
     for name, run in runners.items():
       t0 = time.perf_counter()
       run(args.steps)
@@ -85,11 +89,16 @@ def main():
 
   print(f'\nload average after: {os.getloadavg()[0]:.2f}; {args.rounds} rounds x {args.steps} steps, '
         f'batch {args.batch}, jax {jax.__version__} on {jax.devices()[0].platform}')
-  print(f'{"model":15s} {"tokens/s min":>12s} {"median":>8s} {"max":>8s}   step ms (median)  GFLOP/s (median)')
+  print(f'matmul peak (2048^2 f32) GFLOP/s: min {min(peaks) / 1e9:.1f} median {statistics.median(peaks) / 1e9:.1f} '
+        f'max {max(peaks) / 1e9:.1f}')
+  print(f'{"model":15s} {"tokens/s min":>12s} {"median":>8s} {"max":>8s}   step ms (median)  GFLOP/s (median)'
+        f'  MFU min / median / max')
   for name, ts in times.items():
     tps = sorted(tokens_per_step[name] / t for t in ts)
+    mfu = sorted(tokens_per_step[name] / t * flops_per_token[name] / p for t, p in zip(ts, peaks))
     print(f'{name:15s} {tps[0]:12.0f} {statistics.median(tps):8.0f} {tps[-1]:8.0f}   '
-          f'{1000 * statistics.median(ts):8.1f}  {statistics.median(tps) * flops_per_token[name] / 1e9:8.1f}')
+          f'{1000 * statistics.median(ts):8.1f}  {statistics.median(tps) * flops_per_token[name] / 1e9:8.1f}'
+          f'          {100 * mfu[0]:.1f}% / {100 * statistics.median(mfu):.1f}% / {100 * mfu[-1]:.1f}%')
   rec = times['Rec:fixed:skip']
   for other, target in (('Slide:13L', '<= 1.15'), ('XL (4x window)', '<= 0.6')):
     ratios = sorted(r / o for r, o in zip(rec, times[other]))

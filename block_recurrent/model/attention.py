@@ -36,21 +36,28 @@ def window_mask(window: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def relative_buckets(window: int, num_buckets: int = 32, max_distance: int = 128) -> np.ndarray:
-  """int32 [W, 2W]: T5's unidirectional bucket of the distance from each query to each key.
+def distance_buckets(max_distance_seen: int, num_buckets: int = 32, max_distance: int = 128) -> np.ndarray:
+  """int32 [max_distance_seen + 1]: T5's unidirectional bucket of each query-to-key distance n >= 0.
 
-  Distance n = max(q - k, 0); n < num_buckets/2 gets its own bucket, larger distances are log-spaced up to
-  max_distance, and everything beyond shares the last bucket.
+  n < num_buckets/2 gets its own bucket, larger distances are log-spaced up to max_distance, and
+  everything beyond shares the last bucket.
   """
-  q = window + np.arange(window)[:, None]
-  k = np.arange(2 * window)[None, :]
-  n = np.maximum(q - k, 0)
+  n = np.arange(max_distance_seen + 1)
   exact = num_buckets // 2
   with np.errstate(divide='ignore'):
     log_ratio = np.log(np.maximum(n, 1) / exact) / np.log(max_distance / exact)
   large = exact + (log_ratio * (num_buckets - exact)).astype(np.int32)
   large = np.minimum(large, num_buckets - 1)
   return np.where(n < exact, n, large).astype(np.int32)
+
+
+@functools.lru_cache(maxsize=None)
+def relative_buckets(window: int, num_buckets: int = 32, max_distance: int = 128) -> np.ndarray:
+  """int32 [W, 2W]: the bucket of the distance max(q - k, 0) from each query of a block (positions
+  W .. 2W-1) to each key of (previous block ++ this block)."""
+  q = window + np.arange(window)[:, None]
+  k = np.arange(2 * window)[None, :]
+  return distance_buckets(2 * window, num_buckets, max_distance)[np.maximum(q - k, 0)]
 
 
 @functools.lru_cache(maxsize=None)
@@ -85,7 +92,9 @@ def attend(q_BxQxHxD: Array, k_BxKxHxD: Array, v_BxKxHxD: Array, *, scale_H: Arr
   heads_major = lambda t: jnp.transpose(t, (0, 2, 1, 3))
   q, k, v = heads_major(q), heads_major(k_BxKxHxD), heads_major(v_BxKxHxD)
   logits = jnp.einsum('bhqd,bhkd->bhqk', q, k, preferred_element_type=jnp.float32)
-  if bias_HxQxK is not None:
+  if bias_HxQxK is not None and bias_HxQxK.ndim == 4:  # [B, H, Q, K]: a bias per row (decoding)
+    logits = logits + bias_HxQxK.astype(jnp.float32) * (scale[:, None, None] if scale.ndim else scale)
+  elif bias_HxQxK is not None:
     bias = bias_HxQxK.astype(jnp.float32) * (scale[:, None, None] if scale.ndim else scale)
     logits = logits + layers.broadcast_param(bias, logits.shape[:1])
   if mask_BxQxK is not None:
