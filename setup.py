@@ -28,5 +28,6 @@ setuptools.setup(
     entry_points={'console_scripts': ['brt-info=block_recurrent.info:run',
                                       'brt-vocab=block_recurrent.data.vocab:run',
                                       'brt-train=block_recurrent.main:run',
-                                      'brt-eval=block_recurrent.main:run_eval']},
+                                      'brt-eval=block_recurrent.main:run_eval',
+                                      'brt-generate=block_recurrent.main:run_generate']},
 )

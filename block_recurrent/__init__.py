@@ -2,7 +2,7 @@
 
 from block_recurrent.api import abstract_model, build_model, count_params, functional
 from block_recurrent.configs import ConfigError, ModelConfig
-from block_recurrent.generate import generate, generate_ids
+from block_recurrent.generation import generate, generate_ids
 from block_recurrent.model.carry import Carry
 from block_recurrent.model.lm import LanguageModel
 

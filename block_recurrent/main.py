@@ -1,7 +1,8 @@
-"""`brt-train` and `brt-eval`: gin-configured training and scoring (also `python -m block_recurrent.main`).
+"""`brt-train`, `brt-eval`, `brt-generate`: gin-configured training, scoring and generation (also `python -m block_recurrent.main`).
 
     brt-train --gin_file=gin/experiments/local_cpu.gin [--gin_param=...] --workdir=DIR [--load_dir=DIR]
-    brt-eval --workdir=DIR [--split=test] [--task=pg19_bytes] [--data_dir=...] [--step=N]
+    brt-eval --workdir=DIR [--split=test] [--task=pg19_bytes] [--data_dir=...] [--step=N] [--losses_file=F]
+    brt-generate --workdir=DIR --prompt="..." --max_new_tokens=N [--temperature --top_k --top_p --seed]
 
 gin binds ModelConfig, DataConfig, TrainConfig and MeshConfig; the bindings in force are written to
 DIR/config.gin, which brt-eval reads back. Re-running brt-train with the same workdir resumes from its
@@ -60,6 +61,8 @@ def eval_main(argv: list[str] | None = None) -> int:
   parser.add_argument('--data_dir', default=None, help='corpus folder for --task')
   parser.add_argument('--spm_path', default=None, help='SentencePiece model for a *_tokens --task')
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: the newest)')
+  parser.add_argument('--losses_file', default=None,
+                      help='write every token\'s loss (doc_id, position, token, bits) to this TSV file')
   parser.add_argument('--gin_param', action='append', default=[], help='extra binding, e.g. eval_batch_size')
   args = parser.parse_args(argv)
   try:
@@ -76,7 +79,7 @@ def eval_main(argv: list[str] | None = None) -> int:
       raise configs.ConfigError(f'--split {args.split!r}: use train, validation or test')
     from block_recurrent.train import loop
     result = loop.evaluate_workdir(model_cfg, data_cfg, train_cfg, mesh_cfg, args.workdir, split=args.split,
-                                   step=args.step, echo=lambda line: print(line, flush=True))
+                                   step=args.step, losses_file=args.losses_file, echo=lambda line: print(line, flush=True))
   except configs.ConfigError as e:
     print(f'brt-eval: error: {e}', file=sys.stderr)
     return 2
@@ -86,12 +89,63 @@ def eval_main(argv: list[str] | None = None) -> int:
   return 0
 
 
+def generate_main(argv: list[str] | None = None) -> int:
+  """brt-generate: continues a prompt with a trained workdir's model, streaming the text as it comes."""
+  from block_recurrent import configs
+  parser = argparse.ArgumentParser(prog='brt-generate', description=generate_main.__doc__.splitlines()[0])
+  parser.add_argument('--workdir', required=True, help='a brt-train workdir (its config.gin and checkpoints)')
+  parser.add_argument('--prompt', default=None, help='the beginning of the document (default: empty)')
+  parser.add_argument('--prompt_file', default=None, help='read the prompt from this UTF-8 file')
+  parser.add_argument('--max_new_tokens', type=int, default=256)
+  parser.add_argument('--temperature', type=float, default=1.0, help='0 is greedy')
+  parser.add_argument('--top_k', type=int, default=0, help='sample from the k likeliest tokens (0: all)')
+  parser.add_argument('--top_p', type=float, default=1.0, help='nucleus sampling mass (1: all)')
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: the newest)')
+  args = parser.parse_args(argv)
+  try:
+    if args.prompt is not None and args.prompt_file is not None:
+      raise configs.ConfigError('give --prompt or --prompt_file, not both')
+    prompt = args.prompt or ''
+    if args.prompt_file is not None:
+      try:
+        prompt = pathlib.Path(args.prompt_file).read_bytes().decode('utf-8')
+      except OSError as e:
+        raise configs.ConfigError(f'cannot read --prompt_file {args.prompt_file}: {e.strerror}') from None
+      except UnicodeDecodeError as e:
+        raise configs.ConfigError(f'--prompt_file {args.prompt_file} is not UTF-8 (byte {e.start})') from None
+    config_file = pathlib.Path(args.workdir) / 'config.gin'
+    if not config_file.is_file():
+      raise configs.ConfigError(f'{config_file} not found: --workdir must be a folder brt-train wrote')
+    model_cfg, data_cfg, train_cfg, mesh_cfg = _configs([str(config_file)], [])
+    from block_recurrent import generation as gen_lib
+    from block_recurrent.model.lm import LanguageModel
+    from block_recurrent.train import loop
+    from flax import nnx
+    s, _, state = loop.restore_workdir(model_cfg, data_cfg, train_cfg, mesh_cfg, args.workdir, args.step)
+    model = nnx.merge(s.graphdef, state.params)
+    assert isinstance(model, LanguageModel)
+    codec = gen_lib.codec_for(data_cfg.task, data_cfg.spm_path)
+    gen_lib.generate(model, None, prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                     top_k=args.top_k, top_p=args.top_p, seed=args.seed, codec=codec,
+                     stream=lambda text: print(text, end='', flush=True))
+    print()
+  except configs.ConfigError as e:
+    print(f'brt-generate: error: {e}', file=sys.stderr)
+    return 2
+  return 0
+
+
 def run() -> None:
   sys.exit(main())
 
 
 def run_eval() -> None:
   sys.exit(eval_main())
+
+
+def run_generate() -> None:
+  sys.exit(generate_main())
 
 
 if __name__ == '__main__':

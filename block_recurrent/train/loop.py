@@ -108,21 +108,35 @@ def eval_program(s: Setup):
                  out_shardings=(s.state_sh, None), donate_argnums=0)
 
 
-def evaluate(s: Setup, eval_fn, state: step_lib.TrainState, docs, segment_length: int, max_segments: int = 0):
+def evaluate(s: Setup, eval_fn, state: step_lib.TrainState, docs, segment_length: int, max_segments: int = 0,
+             per_token: Callable | None = None):
   """Streams whole documents through eval_batch lanes with a fresh eval carry, carried across every
-  segment of every document; returns the state and the summary (bits per byte/token, ...)."""
+  segment of every document; returns the state and the summary (bits per byte/token, ...).
+
+  per_token(doc_id, first_position, targets, nll_nats) is called for each lane's real tokens of each
+  segment, in order, for scoring files; memory stays that of one segment however long the documents."""
   eval_batcher = segments.DocumentBatcher(docs, batch_size=s.eval_batch // jax.process_count(),
                                           segment_length=segment_length, num_epochs=1)
   state = state._replace(eval_carry=jax.tree.map(jnp.zeros_like, state.eval_carry))
-  sums = {}
+  sums, positions = {}, [0] * (s.eval_batch // jax.process_count())
   for i, batch in enumerate(eval_batcher):
     if max_segments and i >= max_segments:
       break
     arrays = _batch_arrays(batch)
     arrays['start'] = arrays['start'] | (i == 0)  # a fresh eval carry: every lane starts clean
     state, stats = eval_fn(state, _put(arrays, s.eval_batch_sh))
+    token_nll = stats.pop('token_nll')
     for k, v in stats.items():
       sums[k] = sums.get(k, 0.0) + float(v)
+    if per_token is not None:
+      nll = np.asarray(jax.device_get(token_nll))
+      for lane, doc_id in enumerate(batch.doc_ids):
+        if batch.start_of_sequence[lane]:
+          positions[lane] = 0
+        real = batch.mask[lane]
+        if doc_id >= 0 and real.any():
+          per_token(int(doc_id), positions[lane], batch.targets[lane][real], nll[lane][real])
+          positions[lane] += int(real.sum())
   return state, dict(_summary(sums), tokens=sums.get('tokens', 0.0), bytes=sums.get('bytes', 0.0))
 
 
@@ -226,24 +240,50 @@ def _load_parameters(s: Setup, state, load_dir: str, reset_optimizer: bool, echo
   return state
 
 
-def evaluate_workdir(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig,
-                     train_cfg: configs.TrainConfig, mesh_cfg: configs.MeshConfig, workdir: str, *,
-                     split: str = 'validation', step: int | None = None, echo=print) -> dict:
-  """brt-eval: the newest (or `step`) checkpoint of workdir scored on a whole split of data_cfg.task."""
+def restore_workdir(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig,
+                    train_cfg: configs.TrainConfig, mesh_cfg: configs.MeshConfig, workdir: str,
+                    step: int | None = None):
+  """(setup, step, train state) of a brt-train workdir's newest (or `step`) complete checkpoint."""
   s = setup(model_cfg, data_cfg, train_cfg, mesh_cfg)
   directory = pathlib.Path(workdir) / 'checkpoints'
-  if not directory.is_dir():
-    raise configs.ConfigError(f'{workdir} has no checkpoints: train it first with brt-train --workdir={workdir}')
+  if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
+    raise configs.ConfigError(f'{workdir} has no checkpoint: train it first with brt-train --workdir={workdir}')
   checkpointer = ckpt_lib.Checkpointer(directory, keep=1000, every=1, create=False)
   restored = checkpointer.restore(s.target, step)
   checkpointer.close()
   if restored is None:
     raise configs.ConfigError(f'{directory} holds no complete checkpoint'
                               + (f' at step {step}' if step is not None else ''))
+  return s, restored[0], restored[1]
+
+
+def evaluate_workdir(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig,
+                     train_cfg: configs.TrainConfig, mesh_cfg: configs.MeshConfig, workdir: str, *,
+                     split: str = 'validation', step: int | None = None, losses_file: str | None = None,
+                     echo=print) -> dict:
+  """brt-eval: the newest (or `step`) checkpoint of workdir scored on a whole split of data_cfg.task;
+  losses_file gets one line per token: doc_id, position, token id, loss in bits."""
+  s, step, state = restore_workdir(model_cfg, data_cfg, train_cfg, mesh_cfg, workdir, step)
   docs = tasks.documents(data_cfg.task, split, data_dir=data_cfg.data_dir, spm_path=data_cfg.spm_path,
                          process_index=jax.process_index(), process_count=jax.process_count())
   if not docs:
     raise configs.ConfigError(f'task {data_cfg.task} has no documents in split {split!r}')
-  echo(f'scoring {len(docs)} {split} documents of {data_cfg.task} with {directory}/{restored[0]}')
-  _, ev = evaluate(s, eval_program(s), restored[1], docs, model_cfg.segment_length)
-  return dict(ev, step=restored[0], documents=len(docs))
+  echo(f'scoring {len(docs)} {split} documents of {data_cfg.task} with {workdir}/checkpoints/{step}')
+  out = None
+  if losses_file:
+    try:
+      out = open(losses_file, 'w')  # pylint: disable=consider-using-with
+    except OSError as e:
+      raise configs.ConfigError(f'cannot write --losses_file {losses_file}: {e.strerror}') from None
+    out.write('doc_id\tposition\ttoken\tbits\n')
+
+  def write(doc_id, first, targets, nll):
+    out.writelines(f'{doc_id}\t{first + i}\t{t}\t{b:.5f}\n' for i, (t, b) in enumerate(zip(targets, nll / LN2)))
+
+  try:
+    _, ev = evaluate(s, eval_program(s), state, docs, model_cfg.segment_length,
+                     per_token=write if out is not None else None)
+  finally:
+    if out is not None:
+      out.close()
+  return dict(ev, step=step, documents=len(docs))

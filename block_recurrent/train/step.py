@@ -59,4 +59,6 @@ def eval_step(graphdef, state: TrainState, batch: dict):
   """Scores one segment per lane with the evaluation carry; parameters and the train carry are untouched."""
   model = nnx.merge(graphdef, state.params)
   logits, eval_carry = model(batch['inputs'], state.eval_carry, batch['start'])
-  return state._replace(eval_carry=eval_carry), _token_stats(logits, batch)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+  token_nll = -jnp.take_along_axis(logp, batch['targets'][..., None], axis=-1)[..., 0]  # [B, N] nats
+  return state._replace(eval_carry=eval_carry), dict(_token_stats(logits, batch), token_nll=token_nll)

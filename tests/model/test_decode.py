@@ -101,7 +101,7 @@ def test_empty_prompt_and_invalid_utf8_stream(tiny_rec):
 
 
 def test_sampling_filters():
-  from block_recurrent.generate import sample
+  from block_recurrent.generation import sample
   logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
   keys = jax.random.split(jax.random.key(0), 400)
   draws = lambda **kw: {int(sample(logits, k, 1.0, **kw)[0]) for k in keys}

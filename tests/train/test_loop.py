@@ -15,7 +15,7 @@ from flax import nnx
 
 import block_recurrent as brt
 from block_recurrent import configs, sharding
-from block_recurrent.main import eval_main as brt_eval, main as brt_train
+from block_recurrent.main import eval_main as brt_eval, generate_main as brt_generate, main as brt_train
 from block_recurrent.train import checkpoint, optim, step as step_lib, summaries
 import helpers
 
@@ -187,7 +187,9 @@ def test_brt_eval_streams_whole_documents_of_another_task(tmp_path, whole, capsy
   for name, text in texts.items():
     (folder / name).write_text(text)
   capsys.readouterr()
-  assert brt_eval([f'--workdir={whole}', '--split=test', '--task=text_folder_bytes', f'--data_dir={folder}']) == 0
+  losses = tmp_path / 'losses.tsv'
+  assert brt_eval([f'--workdir={whole}', '--split=test', '--task=text_folder_bytes', f'--data_dir={folder}',
+                   f'--losses_file={losses}']) == 0
   out = capsys.readouterr().out
   got_bpb = float(out.split('bits per byte: ')[1].split()[0])
   got_bpt = float(out.split('bits per token: ')[1].split()[0])
@@ -211,6 +213,10 @@ def test_brt_eval_streams_whole_documents_of_another_task(tmp_path, whole, capsy
     count += len(targets)
   assert got_bpb == pytest.approx(nats / np.log(2) / count, rel=1e-5)
   assert got_bpt == got_bpb  # bytes vocabulary: one token per byte
+  rows = [line.split('\t') for line in losses.read_text().splitlines()[1:]]
+  assert len(rows) == count and {r[0] for r in rows} == {'0', '1'}
+  assert [int(r[1]) for r in rows if r[0] == '1'] == list(range(len(texts['b.txt'])))
+  assert sum(float(r[3]) for r in rows) / count == pytest.approx(got_bpb, rel=1e-4)
 
 
 def _model_fields(workdir):
@@ -259,3 +265,20 @@ def ginconf_parse_ok(files):
   from block_recurrent import ginconf
   ginconf.parse(files)
   return True
+
+
+def test_brt_generate_streams_deterministically_and_fails_cleanly(tmp_path, whole, capsys):
+  args = [f'--workdir={whole}', '--prompt=It is a truth', '--max_new_tokens=20', '--temperature=0']
+  capsys.readouterr()
+  assert brt_generate(args) == 0 and brt_generate(args) == 0
+  first, second = capsys.readouterr().out.split('\n')[:2]
+  assert first == second and len(first) >= 1
+  bad = tmp_path / 'bad.txt'
+  bad.write_bytes(b'caf\xe9')
+  assert brt_generate([f'--workdir={whole}', f'--prompt_file={bad}']) == 2
+  assert 'is not UTF-8 (byte 3)' in capsys.readouterr().err
+  empty = tmp_path / 'untrained'
+  empty.mkdir()
+  shutil.copy(whole / 'config.gin', empty / 'config.gin')
+  assert brt_generate([f'--workdir={empty}', '--max_new_tokens=3']) == 2
+  assert 'has no checkpoint' in capsys.readouterr().err
