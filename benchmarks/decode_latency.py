@@ -1,0 +1,96 @@
+"""Decode latency per token against the position in the document, and resident memory, for the
+recurrent model; beside it, the cost of re-running the whole prefix for every token (what the PyTorch
+port does).
+
+    .venv/bin/python benchmarks/decode_latency.py [--positions 1024 16384 65536 --tokens 100 --rounds 5]
+
+The document is reached with the segment form (whole segments with the carry passed on: exactly the
+prefix re-run), turned into a decode state, and then `--tokens` single-token steps are timed per round.
+The claim: the median latency at the last position is within 1.1x of the first, and memory stays flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from block_recurrent import api, ginconf
+from block_recurrent.model import decode
+
+
+def rss_mib() -> float:
+  with open('/proc/self/status') as f:
+    for line in f:
+      if line.startswith('VmRSS:'):
+        return int(line.split()[1]) / 1024
+  return float('nan')
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--gin_file', default='gin/experiments/small/rec_fixed_skip.gin')
+  parser.add_argument('--positions', type=int, nargs='+', default=[1024, 16384, 65536])
+  parser.add_argument('--tokens', type=int, default=100, help='decode steps timed per round')
+  parser.add_argument('--rounds', type=int, default=5)
+  args = parser.parse_args()
+
+  cfg = ginconf.model_config([args.gin_file], ['configs.ModelConfig.dropout_rate = 0.0'])
+  model = api.build_model(config=cfg, seed=0)
+  params, apply, graphdef = api.functional(model)
+  n = cfg.segment_length
+  if any(p % n for p in args.positions):
+    raise SystemExit(f'positions must be multiples of the segment length {n}')
+  rng = np.random.default_rng(0)
+  text = rng.integers(3, cfg.vocab_size, (1, max(args.positions) + args.tokens)).astype(np.int32)
+
+  step = jax.jit(lambda p, ds, tok: decode.step(nnx.merge(graphdef, p), ds, tok), donate_argnums=1)
+  to_decode = jax.jit(lambda p, carry, pos: decode.from_carry(nnx.merge(graphdef, p), carry, pos))
+  print(f'{args.gin_file}: d={cfg.d_model} L={cfg.total_layers} W={cfg.window} N={n} '
+        f'S={cfg.num_states if cfg.recurrent_layers else "-"}; jax {jax.__version__} on '
+        f'{jax.devices()[0].platform}')
+
+  carry, reached, prefix_seconds = model.init_carry(1), 0, 0.0
+  apply(params, text[:, :n], carry, np.array([True]))[0].block_until_ready()  # compile the segment form
+  rows = []
+  for position in sorted(args.positions):
+    t0 = time.perf_counter()
+    while reached < position:
+      logits, carry = apply(params, text[:, reached:reached + n], carry, np.array([reached == 0]))
+      reached += n
+    jax.block_until_ready(carry)
+    prefix_seconds += time.perf_counter() - t0
+    per_token = []
+    for _ in range(args.rounds):
+      ds = to_decode(params, carry, jnp.full((1,), position, jnp.int32))
+      logits, ds = step(params, ds, jnp.asarray(text[:, position]))  # warm (and compile once)
+      jax.block_until_ready(logits)
+      t0 = time.perf_counter()
+      for i in range(1, args.tokens):
+        logits, ds = step(params, ds, jnp.asarray(text[:, position + i]))
+        logits.block_until_ready()
+      per_token.append((time.perf_counter() - t0) / (args.tokens - 1))
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(ds))
+    rows.append((position, sorted(per_token), rss_mib(), state_bytes, prefix_seconds))
+
+  print(f'\n| position | decode ms/token min / median / max | resident MiB | decode state KiB | '
+        f're-run prefix per token (s) |')
+  print('|---|---|---|---|---|')
+  for position, ts, rss, state_bytes, prefix in rows:
+    print(f'| {position:,} | {1000 * ts[0]:.2f} / {1000 * statistics.median(ts):.2f} / {1000 * ts[-1]:.2f} | '
+          f'{rss:.0f} | {state_bytes / 1024:.0f} | {prefix:.2f} |')
+  first, last = rows[0], rows[-1]
+  ratio = statistics.median(last[1]) / statistics.median(first[1])
+  print(f'\nlatency ratio {last[0]:,} / {first[0]:,} (medians): {ratio:.3f} (target <= 1.1); '
+        f'resident memory {first[2]:.0f} -> {last[2]:.0f} MiB')
+  print(f're-running the prefix for one token at {last[0]:,}: {last[4]:.2f} s, '
+        f'{last[4] / statistics.median(last[1]):,.0f}x the decode step')
+
+
+if __name__ == '__main__':
+  main()
