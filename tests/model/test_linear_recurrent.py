@@ -1,5 +1,6 @@
-"""ReLiT and AReLiT: step == sequence (every gating and mode), chunked == sequential for separable ReLiT,
-a reset isolates everything before it, and AReLiT's fixed-mode counter is exact after 10^7 steps."""
+"""ReLiT, AReLiT and GTrXL: step == sequence (every gating and mode; GTrXL with the step mask), chunked ==
+sequential for separable ReLiT, a reset isolates everything before it, and AReLiT's fixed-mode counter
+is exact after 10^7 steps."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from block_recurrent.model import linear_recurrent as lr
+from block_recurrent.model import gtrxl, linear_recurrent as lr
 import helpers
 
 B, T, D, H, DH = 2, 21, 16, 2, 4
@@ -30,7 +31,21 @@ LAYERS = {
     'relit_reference': lambda: lr.ReLiT(D, H, DH, 2, nnx.Rngs(0), gating='reference'),
     'arelit_fixed': lambda: lr.AReLiT(D, H, DH, 3, 2, nnx.Rngs(0), mode='fixed'),
     'arelit_faithful': lambda: lr.AReLiT(D, H, DH, 3, 2, nnx.Rngs(0), mode='faithful'),
+    'gtrxl_step_mask': lambda: _Formless(gtrxl.GTrXLAttention(D, H, DH, 6, nnx.Rngs(0), mask='step')),
 }
+
+
+class _Formless:
+  """GTrXL has one form (the mask makes a segment see what steps see); accept and ignore `form`."""
+
+  def __init__(self, layer):
+    self.layer = layer
+
+  def init_state(self, batch):
+    return self.layer.init_state(batch)
+
+  def __call__(self, x, state, reset, form=None):
+    return self.layer(x, state, reset)
 
 
 def _warm_state(layer):
@@ -106,3 +121,15 @@ def test_gated_block_starts_near_identity_and_keeps_the_contract():
   z = jax.nn.sigmoid(-2.0)  # the gates' bias of 2 lets ~12% of the sublayer through at initialisation
   assert float(jnp.mean(jnp.abs(y - x))) < 0.5 * float(jnp.mean(jnp.abs(x))) and z < 0.2
   assert lr.state_bytes(state) == B * H * (2 * 3 * DH + 2 * DH + 3 * DH) * 4 + B * 4
+
+
+def test_gtrxl_xl_mask_sees_more_than_the_step_form():
+  step_layer = gtrxl.GTrXLAttention(D, H, DH, 4, nnx.Rngs(0), mask='step')
+  xl_layer = gtrxl.GTrXLAttention(D, H, DH, 4, nnx.Rngs(0), mask='xl')
+  x, reset = _x(6), np.zeros((B, T), bool)
+  y_step, s_step = step_layer(x, step_layer.init_state(B), reset)
+  y_xl, s_xl = xl_layer(x, xl_layer.init_state(B), reset)
+  helpers.assert_close(y_step[:, :5], y_xl[:, :5], 1e-6, 'the first M+1 tokens see the same keys')
+  assert float(jnp.max(jnp.abs(y_step[:, 5:] - y_xl[:, 5:]))) > 1e-4  # later ones see M+t+1 keys under xl
+  helpers.assert_close(s_step, s_xl, 0.0, 'the cache is the last M keys either way')
+  assert lr.state_bytes(s_step) == B * 4 * H * DH * 4 * 2 + B * 4

@@ -1,0 +1,1 @@
+"""Reinforcement-learning memory tasks written in JAX (T-Maze) for the recurrent layers."""
