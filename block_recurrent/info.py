@@ -15,7 +15,12 @@ from block_recurrent import api, flops, ginconf
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='brt-info', description=__doc__.splitlines()[0])
   ginconf.add_flags(parser)
+  parser.add_argument('--layer_costs', action='store_true',
+                      help='per-step FLOPs and state bytes of ReLiT, AReLiT and GTrXL (4 layers, d=128, 4x64 heads)')
+  parser.add_argument('--memory', type=int, nargs='+', default=[128, 256, 512], help='GTrXL memories M')
   args = parser.parse_args(argv)
+  if args.layer_costs:
+    return _layer_costs(args.memory)
   cfg = ginconf.config_from_flags('brt-info', args)
   if cfg is None:
     return 2
@@ -34,6 +39,19 @@ def main(argv: list[str] | None = None) -> int:
   print(f'total parameters: {total}')
   print(f'non-embedding parameters: {total - embedding}')
   print(f'training FLOPs per token: {flops.train_flops_per_token(cfg):.6g}')
+  return 0
+
+
+def _layer_costs(memories: list[int]) -> int:
+  """The relit.md table for our layers: XLA-counted FLOPs of one step of 4 gated blocks, state per env."""
+  from block_recurrent.model import costs  # pylint: disable=import-outside-toplevel
+  rows = [('AReLiT eta=4, r=2', costs.step_cost('arelit', eta=4, rank=2)),
+          ('ReLiT eta=2', costs.step_cost('relit', eta=2))]
+  rows += [(f'GTrXL M={m} (key/value cache)', costs.step_cost('gtrxl', memory=m)) for m in memories]
+  print('| layer (4 layers, d=128, 4 heads x 64, one env) | FLOPs / step | recurrent state per env |')
+  print('|---|---|---|')
+  for name, c in rows:
+    print(f'| {name} | {c["flops"] / 1e6:.2f} M | {c["state_bytes"] / 1024:.0f} KiB |')
   return 0
 
 

@@ -75,9 +75,10 @@ class GTrXLAttention(nnx.Module):
     visible = (window[None] & key_ok[:, None, :]
                & (episode[:, None, :] == episode[:, M:, None]))  # [B, T, M+T]
     dist = np.maximum(i - j, 0)
-    r = jnp.einsum('qkd,dhe->hqke', jnp.asarray(sinusoids(dist, self.d_model)), self.rel[...])  # [H, T, M+T, Dh]
     content = jnp.einsum('bqhe,bkhe->bhqk', q + self.u[...], keys)
-    position = jnp.einsum('bqhe,hqke->bhqk', q + self.v[...], r)
+    # (q + v) . (W_R R_n) computed as ((q + v) W_R^T) . R_n: O(d) per key instead of O(d * H * Dh).
+    q_rel = jnp.einsum('bqhe,dhe->bqhd', q + self.v[...], self.rel[...])
+    position = jnp.einsum('bqhd,qkd->bhqk', q_rel, jnp.asarray(sinusoids(dist, self.d_model)))
     scale = 1.0 / np.sqrt(self.head_dim)
     logits = (content + position) * scale + jnp.where(visible, 0.0, -1e30)[:, None]
     weights = jax.nn.softmax(logits, axis=-1)

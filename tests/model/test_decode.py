@@ -110,3 +110,15 @@ def test_sampling_filters():
   assert draws(top_k=0, top_p=0.5) == {0}
   assert draws(top_k=0, top_p=1.0) == {0, 1, 2, 3}
   assert int(sample(logits, keys[0], 0.0, 0, 1.0)[0]) == 0
+
+
+def test_sentencepiece_streaming_gives_the_decoded_text():
+  from block_recurrent.data import tasks
+  from block_recurrent.generation import SentencePieceCodec
+  codec = SentencePieceCodec(tasks.DEFAULT_SPM)
+  text = 'It is a truth universally acknowledged — naïve café, 12 o\'clock.'
+  ids = codec.encode(text)
+  feed = codec.decoder()
+  streamed = ''.join(feed(i) for i in ids) + feed(None)
+  assert streamed == codec.decode(ids) and len(ids) > 5
+  assert codec.encode('') == []

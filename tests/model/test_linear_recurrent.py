@@ -133,3 +133,14 @@ def test_gtrxl_xl_mask_sees_more_than_the_step_form():
   assert float(jnp.max(jnp.abs(y_step[:, 5:] - y_xl[:, 5:]))) > 1e-4  # later ones see M+t+1 keys under xl
   helpers.assert_close(s_step, s_xl, 0.0, 'the cache is the last M keys either way')
   assert lr.state_bytes(s_step) == B * 4 * H * DH * 4 * 2 + B * 4
+
+
+def test_step_costs_count_state_bytes_exactly_and_grow_with_gtrxl_memory():
+  from block_recurrent.model import costs
+  arelit = costs.step_cost('arelit', eta=4, rank=2)
+  assert arelit['state_bytes'] == 4 * (4 * 2 * 256 + 4 * 2 * 64 + 4 * 256) * 4 + 4 * 4  # K~, V~, s, tau
+  relit = costs.step_cost('relit', eta=2)
+  assert relit['state_bytes'] == 4 * (4 * 64 * 128 + 4 * 128) * 4  # C, s
+  small, large = costs.step_cost('gtrxl', memory=64), costs.step_cost('gtrxl', memory=256)
+  assert large['state_bytes'] == 4 * (2 * 256 * 4 * 64 * 4 + 256)  # keys, values, validity of M=256 tokens
+  assert large['flops'] > small['flops'] > 0 and arelit['flops'] > 0
