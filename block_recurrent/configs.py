@@ -11,6 +11,7 @@ import dataclasses
 
 GATES = ('fixed', 'lstm')
 WIRINGS = ('skip', 'dual', 'single')
+SEQUENCE_LAYERS = ('attention', 'relit', 'arelit', 'gtrxl')
 REMAT_POLICIES = ('none', 'full', 'dots', 'dots_no_batch')
 DTYPES = ('float32', 'bfloat16')
 
@@ -56,6 +57,18 @@ class ModelConfig:
   relative_buckets: int = 32
   relative_max_distance: int = 128
 
+  # Recurrent linear transformers (relit.md). 'attention' is the block-recurrent family above; 'relit',
+  # 'arelit' or 'gtrxl' makes every layer a GRU-gated block around that sequence layer, except the layers
+  # in attention_layers, which use GTrXL's cached attention (mixed models).
+  sequence_layer: str = 'attention'
+  attention_layers: tuple[int, ...] = ()
+  relit_eta: int = 2
+  relit_gating: str = 'separable'  # or 'reference'
+  relit_chunk: int = 16  # positions per chunk of separable ReLiT's training form
+  arelit_rank: int = 2
+  arelit_mode: str = 'fixed'  # or 'faithful'
+  gtrxl_memory: int = 128
+
   dropout_rate: float = 0.05  # applied only when the model is called with deterministic=False
   dtype: str = 'float32'  # compute dtype; parameters and the recurrent state are always float32
 
@@ -81,6 +94,25 @@ class ModelConfig:
     _check(self.segment_length % self.window == 0,
            f'segment_length {self.segment_length} is not a multiple of window {self.window}: '
            'make the segment a whole number of blocks')
+    _check(self.sequence_layer in SEQUENCE_LAYERS, f'unknown sequence_layer {self.sequence_layer!r}: choose one '
+           f'of {", ".join(SEQUENCE_LAYERS)}')
+    if self.sequence_layer != 'attention':
+      _check(self.relit_gating in ('separable', 'reference'),
+             f"relit_gating must be 'separable' or 'reference', got {self.relit_gating!r}")
+      _check(self.arelit_mode in ('fixed', 'faithful'),
+             f"arelit_mode must be 'fixed' or 'faithful', got {self.arelit_mode!r}")
+      for name in ('relit_eta', 'relit_chunk', 'arelit_rank', 'gtrxl_memory'):
+        _check(isinstance(getattr(self, name), int) and getattr(self, name) > 0,
+               f'ModelConfig.{name} must be a positive integer, got {getattr(self, name)!r}')
+      _check(not self.recurrent_layers, f'recurrent_layers belong to the attention family; with '
+             f'sequence_layer={self.sequence_layer!r} leave them empty')
+      _check(self.dropout_rate == 0.0, f'sequence_layer={self.sequence_layer!r} has no dropout: set '
+             'configs.ModelConfig.dropout_rate = 0.0 (include options/no_dropout.gin)')
+      for index in self.attention_layers:
+        _check(isinstance(index, int) and -self.total_layers <= index < self.total_layers,
+               f'attention layer index {index} is out of range for {self.total_layers} layers')
+    else:
+      _check(not self.attention_layers, 'attention_layers needs a sequence_layer other than attention')
     _check(self.gate in GATES, f'unknown gate {self.gate!r}: choose one of {", ".join(GATES)}')
     _check(self.wiring in WIRINGS, f'unknown wiring {self.wiring!r}: choose one of {", ".join(WIRINGS)}')
     _check(self.remat in REMAT_POLICIES,
@@ -116,6 +148,11 @@ class ModelConfig:
   @property
   def qkv_dim(self) -> int:
     return self.num_heads * self.head_dim
+
+  def linear_kind(self, index: int) -> str:
+    """The sequence layer of layer `index` in a linear model: 'gtrxl' for attention_layers, else its kind."""
+    chosen = {i % self.total_layers for i in self.attention_layers}
+    return 'gtrxl' if index in chosen else self.sequence_layer
 
   def layer_kind(self, index: int) -> str:
     """'recurrent', 'feedback' (a plain layer reading the state) or 'plain'."""

@@ -59,7 +59,27 @@ def _state_forward_flops_per_block(cfg: ModelConfig) -> int:
   return n
 
 
+def _linear_forward_flops_per_token(cfg: ModelConfig) -> float:
+  """Matmul FLOPs of a linear model's token (linear_lm.py): projections, recurrence, GRU gates, FFN."""
+  d, h, dh, f = cfg.d_model, cfg.num_heads, cfg.head_dim, cfg.mlp_dim
+  eta, r, m = cfg.relit_eta, cfg.arelit_rank, cfg.gtrxl_memory
+  total = 2 * d * cfg.vocab_size
+  for i in range(cfg.total_layers):
+    kind = cfg.linear_kind(i)
+    total += 2 * 2 * d * 6 * d + 4 * d * f  # two GRU gates (6 d x d matmuls each) and the FFN
+    total += 2 * h * dh * d  # output projection
+    if kind == 'gtrxl':
+      total += 2 * d * 3 * h * dh + 2 * h * dh * d + 4 * (m + 1) * h * dh + 2 * (m + 1) * h * d
+    else:
+      total += 2 * d * (5 * h * dh + 3 * h * eta)
+      feat = eta * dh
+      total += h * (4 * dh * feat + 2 * feat) if kind == 'relit' else h * (4 * r * (feat + dh) + 2 * feat)
+  return float(total)
+
+
 def forward_flops_per_token(cfg: ModelConfig) -> float:
+  if cfg.sequence_layer != 'attention':
+    return _linear_forward_flops_per_token(cfg)
   d, hd, f, w, s = cfg.d_model, cfg.qkv_dim, cfg.mlp_dim, cfg.window, cfg.num_states
   total = 2 * d * cfg.vocab_size  # tied logits
   for i in range(cfg.total_layers):

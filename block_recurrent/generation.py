@@ -111,14 +111,20 @@ def _check_sampling(temperature: float, top_k: int, top_p: float, max_new_tokens
 
 @functools.lru_cache(maxsize=16)
 def _programs(graphdef, temperature: float, top_k: int, top_p: float):
+  # A model with its own step form (linear_lm) provides prefill/step; the attention family uses decode.py.
+  def forms(model):
+    if hasattr(model, 'prefill'):
+      return model.prefill, model.step
+    return (lambda tokens: decode.prefill(model, tokens)), (lambda ds, token: decode.step(model, ds, token))
+
   @jax.jit
   def prefill(params, tokens_1xP):
-    return decode.prefill(nnx.merge(graphdef, params), tokens_1xP)
+    return forms(nnx.merge(graphdef, params))[0](tokens_1xP)
 
   @functools.partial(jax.jit, donate_argnums=1)
   def next_token(params, ds, logits, key):
     token = sample(logits, key, temperature, top_k, top_p)
-    logits, ds = decode.step(nnx.merge(graphdef, params), ds, token)
+    logits, ds = forms(nnx.merge(graphdef, params))[1](ds, token)
     return token, logits, ds
 
   return prefill, next_token

@@ -25,6 +25,14 @@ def main(argv: list[str] | None = None) -> int:
   if cfg is None:
     return 2
   total = api.count_params(api.abstract_model(cfg))
+  if cfg.sequence_layer != 'attention':
+    kinds = [cfg.linear_kind(i) for i in range(cfg.total_layers)]
+    print(f'layers: {cfg.total_layers} gated blocks ({", ".join(kinds)}), d={cfg.d_model}, '
+          f'heads={cfg.num_heads}x{cfg.head_dim}, mlp={cfg.mlp_dim}, vocab={cfg.vocab_size}')
+    print(f'total parameters: {total}')
+    print(f'non-embedding parameters: {total - flops.embedding_params(cfg)}')
+    print(f'training FLOPs per token: {flops.train_flops_per_token(cfg):.6g}')
+    return 0
   analytic = flops.param_count(cfg)
   if total != analytic:
     print(f'brt-info: warning: analytic parameter count {analytic} differs from the model ({total})',

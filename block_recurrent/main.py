@@ -119,12 +119,10 @@ def generate_main(argv: list[str] | None = None) -> int:
       raise configs.ConfigError(f'{config_file} not found: --workdir must be a folder brt-train wrote')
     model_cfg, data_cfg, train_cfg, mesh_cfg = _configs([str(config_file)], [])
     from block_recurrent import generation as gen_lib
-    from block_recurrent.model.lm import LanguageModel
     from block_recurrent.train import loop
     from flax import nnx
     s, _, state = loop.restore_workdir(model_cfg, data_cfg, train_cfg, mesh_cfg, args.workdir, args.step)
     model = nnx.merge(s.graphdef, state.params)
-    assert isinstance(model, LanguageModel)
     codec = gen_lib.codec_for(data_cfg.task, data_cfg.spm_path)
     gen_lib.generate(model, None, prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                      top_k=args.top_k, top_p=args.top_p, seed=args.seed, codec=codec,

@@ -18,7 +18,7 @@ from flax import nnx
 
 from block_recurrent import configs, flops, sharding
 from block_recurrent.data import segments, tasks
-from block_recurrent.model.lm import LanguageModel
+from block_recurrent.model import linear_lm
 from block_recurrent.train import checkpoint as ckpt_lib, optim, step as step_lib, summaries
 
 LN2 = math.log(2.0)
@@ -70,12 +70,12 @@ def setup(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
   mesh = sharding.make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.model)
   eval_batch = data_cfg.eval_batch_size or data_cfg.batch_size
   tx, schedule = optim.optimizer(train_cfg), optim.schedule(train_cfg)
-  abstract_model = nnx.eval_shape(lambda: LanguageModel(model_cfg, nnx.Rngs(0)))
+  abstract_model = nnx.eval_shape(lambda: linear_lm.build(model_cfg, nnx.Rngs(0)))
   graphdef, abstract_params = nnx.split(abstract_model)
   param_sh = sharding.param_shardings(mesh, abstract_params)
 
   def init(seed=train_cfg.seed):
-    model = LanguageModel(model_cfg, nnx.Rngs(params=seed))
+    model = linear_lm.build(model_cfg, nnx.Rngs(params=seed))
     params = nnx.state(model)
     return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                                rng=jax.random.key_data(jax.random.key(seed + 1)),
