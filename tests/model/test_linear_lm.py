@@ -45,11 +45,13 @@ def test_segments_and_steps_agree(name):
   def steps(params, toks):
     m = nnx.merge(graphdef, params)
     logits, ds = m.prefill(toks[:, :1])
-    out = [logits]
-    for t in range(1, toks.shape[1]):
-      logits, ds = m.step(ds, toks[:, t])
-      out.append(logits)
-    return jnp.stack(out, 1)
+
+    def body(ds, token):
+      logits, ds = m.step(ds, token)
+      return ds, logits
+
+    _, rest = jax.lax.scan(body, ds, jnp.moveaxis(toks[:, 1:], 1, 0))
+    return jnp.concatenate([logits[:, None], jnp.moveaxis(rest, 0, 1)], axis=1)
 
   helpers.assert_close(jax.jit(steps)(params, toks), whole, 1e-4, f'{name}: token by token == segment')
 

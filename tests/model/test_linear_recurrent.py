@@ -35,7 +35,7 @@ LAYERS = {
 }
 
 
-class _Formless:
+class _Formless(nnx.Module):
   """GTrXL has one form (the mask makes a segment see what steps see); accept and ignore `form`."""
 
   def __init__(self, layer):
@@ -57,11 +57,13 @@ def _warm_state(layer):
 @pytest.mark.parametrize('name', list(LAYERS))
 def test_step_form_equals_sequence_form(name):
   layer = LAYERS[name]()
+  graphdef, params = nnx.split(layer)
   state0, x, reset = _warm_state(layer), _x(1), _resets()
-  seq_y, seq_state = layer(x, state0, reset)  # the layer's training form
+  seq_y, seq_state = jax.jit(lambda p, x, s, r: nnx.merge(graphdef, p)(x, s, r))(params, x, state0, reset)
+  one_step = jax.jit(lambda p, x, s, r: nnx.merge(graphdef, p)(x, s, r, form='step'))
   st, ys = state0, []
   for t in range(T):  # T=1 calls: the actor / decoding form
-    y, st = layer(x[:, t:t + 1], st, reset[:, t:t + 1], form='step')
+    y, st = one_step(params, x[:, t:t + 1], st, reset[:, t:t + 1])
     ys.append(y)
   helpers.assert_close(seq_y, jnp.concatenate(ys, axis=1), 1e-5, f'{name}: outputs')
   helpers.assert_close(seq_state, st, 1e-5, f'{name}: final state')
@@ -137,10 +139,11 @@ def test_gtrxl_xl_mask_sees_more_than_the_step_form():
 
 def test_step_costs_count_state_bytes_exactly_and_grow_with_gtrxl_memory():
   from block_recurrent.model import costs
-  arelit = costs.step_cost('arelit', eta=4, rank=2)
-  assert arelit['state_bytes'] == 4 * (4 * 2 * 256 + 4 * 2 * 64 + 4 * 256) * 4 + 4 * 4  # K~, V~, s, tau
-  relit = costs.step_cost('relit', eta=2)
-  assert relit['state_bytes'] == 4 * (4 * 64 * 128 + 4 * 128) * 4  # C, s
-  small, large = costs.step_cost('gtrxl', memory=64), costs.step_cost('gtrxl', memory=256)
-  assert large['state_bytes'] == 4 * (2 * 256 * 4 * 64 * 4 + 256)  # keys, values, validity of M=256 tokens
+  size = dict(d_model=32, num_heads=2, head_dim=16, num_layers=2)  # F = eta * 16
+  arelit = costs.step_cost('arelit', eta=4, rank=2, **size)
+  assert arelit['state_bytes'] == 2 * (2 * 2 * 64 + 2 * 2 * 16 + 2 * 64) * 4 + 2 * 4  # K~, V~, s, tau
+  relit = costs.step_cost('relit', eta=2, **size)
+  assert relit['state_bytes'] == 2 * (2 * 16 * 32 + 2 * 32) * 4  # C, s
+  small, large = costs.step_cost('gtrxl', memory=16, **size), costs.step_cost('gtrxl', memory=64, **size)
+  assert large['state_bytes'] == 2 * (2 * 64 * 2 * 16 * 4 + 64)  # keys, values, validity of M=64 tokens
   assert large['flops'] > small['flops'] > 0 and arelit['flops'] > 0
