@@ -74,6 +74,12 @@ def _keep(reset_BxT: Array) -> Array:
   return (~jnp.asarray(reset_BxT, bool)).astype(jnp.float32)[:, None, :]  # [B, 1, T]
 
 
+def _time_major(phi_k, phi_q, v, beta, gamma, keep) -> tuple:
+  """The per-position inputs of a step loop with time first: [T, B, H, ...] (keep broadcast over heads)."""
+  keep = jnp.broadcast_to(keep, keep.shape[:1] + (phi_k.shape[1],) + keep.shape[2:])
+  return tuple(jnp.moveaxis(t, 2, 0) for t in (phi_k, phi_q, v, beta, gamma, keep))
+
+
 def _linear_scan(decay, update, initial):
   """h_t = decay_t * h_{t-1} + update_t along axis 2, from `initial` (no time axis), as an associative scan."""
   def combine(a, b):
@@ -137,9 +143,7 @@ def _relit_steps(gating, phi_k, phi_q, v, beta, gamma, keep, state):
     num = jnp.einsum('bhif,bhf->bhi', C, pq)
     return ReLiTState(C, s), num / (jnp.einsum('bhf,bhf->bh', s, pq)[..., None] + EPS)
 
-  time_major = lambda t: jnp.moveaxis(t, 2, 0)
-  keep_t = jnp.moveaxis(jnp.broadcast_to(keep, keep.shape[:1] + (phi_k.shape[1],) + keep.shape[2:]), 2, 0)
-  state, o = jax.lax.scan(step, state, tuple(map(time_major, (phi_k, phi_q, v, beta, gamma))) + (keep_t,))
+  state, o = jax.lax.scan(step, state, _time_major(phi_k, phi_q, v, beta, gamma, keep))
   return jnp.moveaxis(o, 0, 2), state
 
 
@@ -261,14 +265,12 @@ def _arelit_readout(K, V, s, pq, rank):
 def _arelit_parallel(phi_k, phi_q, v, beta, gamma, keep, cos, state):
   rank = cos.shape[2]
   cos_t = jnp.moveaxis(cos, 2, 3)  # [B, 1, T, r]
-  k = keep[..., None, None]
   K = _linear_scan(jnp.broadcast_to(((1.0 - gamma) * keep[..., None])[:, :, :, None, :],
                                     phi_k.shape[:3] + (rank, phi_k.shape[-1])),
                    cos_t[..., None] * (gamma * phi_k)[:, :, :, None, :], state.K)
   V = _linear_scan(jnp.broadcast_to(((1.0 - beta) * keep[..., None])[:, :, :, None, :],
                                     v.shape[:3] + (rank, v.shape[-1])),
                    cos_t[..., None] * (beta * v)[:, :, :, None, :], state.V)
-  del k
   s = _linear_scan((1.0 - gamma) * keep[..., None], gamma * phi_k, state.s)
   o = _arelit_readout(K, V, s, phi_q, rank)
   return o, K[:, :, -1], V[:, :, -1], s[:, :, -1]
@@ -289,10 +291,8 @@ def _arelit_steps(phi_k, phi_q, v, beta, gamma, keep, cos, state):
     num = jnp.einsum('bhrf,bhf,bhri->bhi', K, pq, V)
     return (K, V, s), num / (2 * rank * jnp.einsum('bhf,bhf->bh', s, pq)[..., None] + EPS)
 
-  tm = lambda t: jnp.moveaxis(t, 2, 0)
-  keep_t = jnp.moveaxis(jnp.broadcast_to(keep, keep.shape[:1] + (phi_k.shape[1],) + keep.shape[2:]), 2, 0)
   (K, V, s), o = jax.lax.scan(step, (state.K, state.V, state.s),
-                              tuple(map(tm, (phi_k, phi_q, v, beta, gamma))) + (keep_t, jnp.moveaxis(cos, 3, 0)))
+                              _time_major(phi_k, phi_q, v, beta, gamma, keep) + (jnp.moveaxis(cos, 3, 0),))
   return jnp.moveaxis(o, 0, 2), K, V, s
 
 
