@@ -13,28 +13,22 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from block_recurrent.model import gtrxl, linear_recurrent as lr
+from block_recurrent.configs import ModelConfig
+from block_recurrent.model import linear_lm, linear_recurrent as lr
 
 KINDS = ('relit', 'arelit', 'gtrxl')
-
-
-def build(kind: str, d_model: int, num_heads: int, head_dim: int, *, eta: int, rank: int, memory: int,
-          rngs: nnx.Rngs):
-  if kind == 'relit':
-    return lr.ReLiT(d_model, num_heads, head_dim, eta, rngs)
-  if kind == 'arelit':
-    return lr.AReLiT(d_model, num_heads, head_dim, eta, rank, rngs)
-  if kind == 'gtrxl':
-    return gtrxl.GTrXLAttention(d_model, num_heads, head_dim, memory, rngs)
-  raise ValueError(f'unknown layer kind {kind!r}: choose one of {", ".join(KINDS)}')
 
 
 def step_cost(kind: str, *, d_model: int = 128, num_heads: int = 4, head_dim: int = 64, num_layers: int = 4,
               eta: int = 2, rank: int = 2, memory: int = 128) -> dict:
   """{'flops': per step, 'state_bytes': per environment} for a stack of `num_layers` gated blocks."""
+  if kind not in KINDS:
+    raise ValueError(f'unknown layer kind {kind!r}: choose one of {", ".join(KINDS)}')
   rngs = nnx.Rngs(0)
-  blocks = [lr.GatedBlock(build(kind, d_model, num_heads, head_dim, eta=eta, rank=rank, memory=memory,
-                                rngs=rngs), d_model, 4 * d_model, rngs) for _ in range(num_layers)]
+  cfg = ModelConfig(d_model=d_model, num_heads=num_heads, head_dim=head_dim, mlp_dim=4 * d_model,
+                    sequence_layer=kind, relit_eta=eta, arelit_rank=rank, gtrxl_memory=memory, dropout_rate=0.0)
+  blocks = [lr.GatedBlock(linear_lm.sequence_layer(cfg, kind, rngs), d_model, 4 * d_model, rngs)
+            for _ in range(num_layers)]
   graphdef, params = nnx.split(nnx.List(blocks))
   states = [b.init_state(1) for b in blocks]
 

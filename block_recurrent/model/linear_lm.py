@@ -32,7 +32,8 @@ class LayerStates(NamedTuple):
     return jax.tree.leaves(self.states)[0].shape[0]
 
 
-def _sequence_layer(cfg: ModelConfig, kind: str, rngs: nnx.Rngs):
+def sequence_layer(cfg: ModelConfig, kind: str, rngs: nnx.Rngs):
+  """The ReLiT, AReLiT or GTrXL layer of kind `kind` with the config's sizes and options."""
   d, h, hd = cfg.d_model, cfg.num_heads, cfg.head_dim
   if kind == 'relit':
     return lr.ReLiT(d, h, hd, cfg.relit_eta, rngs, gating=cfg.relit_gating, chunk=cfg.relit_chunk)
@@ -47,7 +48,7 @@ class LinearLanguageModel(nnx.Module):
     self.config = config
     self.embed = layers.normal(rngs, (config.vocab_size, config.d_model), 1.0)
     self.kinds = tuple(config.linear_kind(i) for i in range(config.total_layers))
-    self.blocks = nnx.List([lr.GatedBlock(_sequence_layer(config, kind, rngs), config.d_model, config.mlp_dim, rngs)
+    self.blocks = nnx.List([lr.GatedBlock(sequence_layer(config, kind, rngs), config.d_model, config.mlp_dim, rngs)
                             for kind in self.kinds])
     self.final_norm = layers.RMSNorm(config.d_model)
 

@@ -69,7 +69,7 @@ class Policy(nnx.Module):
       model_cfg = configs.ModelConfig(d_model=cfg.d_model, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
                                       mlp_dim=4 * cfg.d_model, sequence_layer=cfg.core, relit_eta=cfg.eta,
                                       arelit_rank=cfg.rank, gtrxl_memory=cfg.memory, dropout_rate=0.0)
-      self.core = lr.GatedBlock(linear_lm._sequence_layer(model_cfg, cfg.core, rngs),  # pylint: disable=protected-access
+      self.core = lr.GatedBlock(linear_lm.sequence_layer(model_cfg, cfg.core, rngs),
                                 cfg.d_model, 4 * cfg.d_model, rngs)
     self.pi = layers.variance_scaling(rngs, (cfg.d_model, tmaze.NUM_ACTIONS), in_axis=0, scale=0.01)
     self.v = layers.variance_scaling(rngs, (cfg.d_model, 1), in_axis=0)
