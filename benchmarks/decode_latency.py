@@ -38,6 +38,7 @@ def main():
   parser.add_argument('--positions', type=int, nargs='+', default=[1024, 16384, 65536])
   parser.add_argument('--tokens', type=int, default=100, help='decode steps timed per round')
   parser.add_argument('--rounds', type=int, default=5)
+  parser.add_argument('--long_run', type=int, default=3000, help='consecutive decode steps for the memory check')
   args = parser.parse_args()
 
   cfg = ginconf.model_config([args.gin_file], ['configs.ModelConfig.dropout_rate = 0.0'])
@@ -84,6 +85,16 @@ def main():
   for position, ts, rss, state_bytes, prefix in rows:
     print(f'| {position:,} | {1000 * ts[0]:.2f} / {1000 * statistics.median(ts):.2f} / {1000 * ts[-1]:.2f} | '
           f'{rss:.0f} | {state_bytes / 1024:.0f} | {prefix:.2f} |')
+  # Resident memory of decoding alone: many consecutive steps (crossing many block boundaries).
+  ds = to_decode(params, carry, jnp.full((1,), reached, jnp.int32))
+  logits, ds = step(params, ds, jnp.asarray(text[:, 0]))
+  logits.block_until_ready()
+  before = rss_mib()
+  for i in range(args.long_run):
+    logits, ds = step(params, ds, jnp.asarray(text[:, i % text.shape[1]]))
+  logits.block_until_ready()
+  print(f'\nresident memory across {args.long_run:,} consecutive decode steps ({args.long_run // cfg.window} '
+        f'state updates): {before:.0f} -> {rss_mib():.0f} MiB')
   first, last = rows[0], rows[-1]
   ratio = statistics.median(last[1]) / statistics.median(first[1])
   print(f'\nlatency ratio {last[0]:,} / {first[0]:,} (medians): {ratio:.3f} (target <= 1.1); '
