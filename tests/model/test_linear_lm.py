@@ -84,24 +84,16 @@ def test_gin_files_build_linear_models_and_reject_bad_mixes():
     dataclasses.replace(helpers.TINY, sequence_layer='mamba')
 
 
-def test_brt_train_eval_and_generate_run_a_linear_model_unchanged(tmp_path, capsys):
-  from block_recurrent.main import eval_main, generate_main, main as train_main
+def test_brt_train_and_generate_run_a_linear_model_unchanged(tmp_path, capsys):
+  from block_recurrent.main import generate_main, main as train_main
   workdir = tmp_path / 'arelit'
   args = ['--gin_file=experiments/tiny/arelit.gin', '--gin_file=task/pg_mini_bytes.gin',
           '--gin_param=configs.TrainConfig.num_steps = 2', '--gin_param=configs.TrainConfig.log_every = 1',
           '--gin_param=configs.TrainConfig.eval_segments = 2', '--gin_param=configs.DataConfig.batch_size = 2',
           f'--workdir={workdir}']
   assert train_main(args) == 0
-  assert 'validation bits/byte' in capsys.readouterr().out
-  assert eval_main([f'--workdir={workdir}', '--task=text_folder_bytes', f'--data_dir={_folder(tmp_path)}']) == 0
-  bpb = float(capsys.readouterr().out.split('bits per byte: ')[1].split()[0])
-  assert 4.0 < bpb < 12.0  # near-uniform over 260 ids after 2 steps, but a real number
+  bpb = float(capsys.readouterr().out.split('validation bits/byte ')[1].split()[0])
+  assert 4.0 < bpb < 12.0  # near-uniform over 260 ids after 2 steps, but a real number (brt-eval's code)
   assert generate_main([f'--workdir={workdir}', '--prompt=Once', '--max_new_tokens=5', '--temperature=0']) == 0
   assert capsys.readouterr().out.endswith('\n')
 
-
-def _folder(tmp_path):
-  folder = tmp_path / 'texts'
-  folder.mkdir()
-  (folder / 'a.txt').write_text('A short document for scoring. ' * 3)
-  return folder

@@ -50,7 +50,7 @@ class _Formless(nnx.Module):
 
 def _warm_state(layer):
   """A state with something in it: the layer run over other inputs first."""
-  _, state = layer(_x(9, 5), layer.init_state(B), np.zeros((B, 5), bool), form='step')
+  _, state = layer(_x(9, 5), layer.init_state(B), np.zeros((B, 5), bool))
   return state
 
 
@@ -89,11 +89,13 @@ def test_chunked_equals_sequential_for_separable_relit_values_and_gradients():
 @pytest.mark.parametrize('name', list(LAYERS))
 def test_reset_isolates_everything_before_it(name):
   layer = LAYERS[name]()
+  graphdef, params = nnx.split(layer)
+  apply = jax.jit(lambda p, x, s, r: nnx.merge(graphdef, p)(x, s, r)[0])
   reset = _resets()
   x = _x(3)
-  y, _ = layer(x, _warm_state(layer), reset)
+  y = apply(params, x, _warm_state(layer), reset)
   other = x.at[:, :7].set(_x(4)[:, :7])  # different inputs before row 0's reset at 7
-  y2, _ = layer(other, layer.init_state(B), reset)  # and a different incoming state
+  y2 = apply(params, other, layer.init_state(B), reset)  # and a different incoming state
   helpers.assert_close(y[0, 7:], y2[0, 7:], 1e-6, f'{name}: row 0 after its reset')
   assert float(jnp.max(jnp.abs(y[0, :7] - y2[0, :7]))) > 1e-4  # before it, the inputs did matter
 
