@@ -26,6 +26,15 @@ def _configs(gin_files, gin_params):
           ginconf.bound(configs.MeshConfig))
 
 
+def _workdir_configs(workdir: str, gin_params):
+  """The configs a brt-train workdir was trained with (its config.gin), plus extra bindings."""
+  from block_recurrent import configs
+  config_file = pathlib.Path(workdir) / 'config.gin'
+  if not config_file.is_file():
+    raise configs.ConfigError(f'{config_file} not found: --workdir must be a folder brt-train wrote')
+  return _configs([str(config_file)], gin_params)
+
+
 def main(argv: list[str] | None = None) -> int:
   import gin
 
@@ -66,10 +75,7 @@ def eval_main(argv: list[str] | None = None) -> int:
   parser.add_argument('--gin_param', action='append', default=[], help='extra binding, e.g. eval_batch_size')
   args = parser.parse_args(argv)
   try:
-    config_file = pathlib.Path(args.workdir) / 'config.gin'
-    if not config_file.is_file():
-      raise configs.ConfigError(f'{config_file} not found: --workdir must be a folder brt-train wrote')
-    model_cfg, data_cfg, train_cfg, mesh_cfg = _configs([str(config_file)], args.gin_param)
+    model_cfg, data_cfg, train_cfg, mesh_cfg = _workdir_configs(args.workdir, args.gin_param)
     if args.task:
       data_cfg = dataclasses.replace(data_cfg, task=args.task, data_dir=args.data_dir, spm_path=args.spm_path)
     elif args.data_dir or args.spm_path:
@@ -114,10 +120,7 @@ def generate_main(argv: list[str] | None = None) -> int:
         raise configs.ConfigError(f'cannot read --prompt_file {args.prompt_file}: {e.strerror}') from None
       except UnicodeDecodeError as e:
         raise configs.ConfigError(f'--prompt_file {args.prompt_file} is not UTF-8 (byte {e.start})') from None
-    config_file = pathlib.Path(args.workdir) / 'config.gin'
-    if not config_file.is_file():
-      raise configs.ConfigError(f'{config_file} not found: --workdir must be a folder brt-train wrote')
-    model_cfg, data_cfg, train_cfg, mesh_cfg = _configs([str(config_file)], [])
+    model_cfg, data_cfg, train_cfg, mesh_cfg = _workdir_configs(args.workdir, [])
     from block_recurrent import generation as gen_lib
     from block_recurrent.train import loop
     from flax import nnx

@@ -11,7 +11,6 @@ re-projected, and the slots shift by W. The cost per token is O(W + S), whatever
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
@@ -130,27 +129,14 @@ def step(model, ds: DecodeState, token_B: Array, start_B: Array | None = None):
   buckets = table[jnp.maximum(slot[:, None] - j[None, :], 0)]  # [B, 2W]: the block form's q - k buckets
 
   x = model.embed[...].astype(dtype)[token_B][:, None, :]  # [B, 1, d]
-  feedback = None
-  if cfg.feedback:
-    feedback = recurrent.StateProjections(ds.state_keys[0], ds.state_values[0], None, None)
   keys, values = list(ds.keys), list(ds.values)
   for i, layer in enumerate(model.layers):
-    q, k, v, q2 = layer._project(x, None)  # pylint: disable=protected-access
-    keys[i] = jnp.where(here[:, :, None, None], k.astype(keys[i].dtype), keys[i])
-    values[i] = jnp.where(here[:, :, None, None], v.astype(values[i].dtype), values[i])
     bias = jnp.transpose(layer.relative_bias[...][:, buckets], (1, 0, 2))[:, :, None, :]  # [B, H, 1, 2W]
-    heads = [attention.attend(q, keys[i], values[i], scale_H=layer._scale(0),  # pylint: disable=protected-access
-                              bias_HxQxK=bias, mask_BxQxK=mask)]
-    if layer.kind == 'recurrent':
-      r = cfg.recurrent_indices.index(i)
-      heads.append(layer._cross_attention(q2, recurrent.StateProjections(  # pylint: disable=protected-access
-          ds.state_keys[r], ds.state_values[r], None, None)))
-    elif layer.kind == 'feedback':
-      heads.append(layer._cross_attention(q2, feedback))  # pylint: disable=protected-access
-    x = layer._finish(x, heads, None)  # pylint: disable=protected-access
-  y = model.final_norm(x, dtype)
-  logits = jnp.einsum('bnd,vd->bnv', y, model.embed[...].astype(dtype),
-                      preferred_element_type=jnp.float32)[:, 0] / math.sqrt(cfg.d_model)
+    source = cfg.recurrent_indices.index(i) if layer.kind == 'recurrent' else 0  # feedback reads layer 0's
+    state_proj = (recurrent.StateProjections(ds.state_keys[source], ds.state_values[source], None, None)
+                  if layer.cross else None)
+    x, keys[i], values[i] = layer.token(x, keys[i], values[i], here, bias, mask, state_proj)
+  logits = model.logits(x)[:, 0]
   ds = ds._replace(keys=tuple(keys), values=tuple(values), valid=ds.valid | here, position=ds.position + 1)
   complete = offset == window - 1
   ds = jax.lax.cond(jnp.any(complete), lambda d: _end_block(model, d, complete), lambda d: d, ds)

@@ -97,10 +97,14 @@ class LanguageModel(nnx.Module):
       carry, y = self._block_form(x, carry, dropout_key)
     else:
       carry, y = self._segment_form(x, carry, dropout_key)
-    y = self.final_norm(y, dtype)
-    logits = jnp.einsum('bnd,vd->bnv', y, self.embed[...].astype(dtype),
-                        preferred_element_type=jnp.float32) / math.sqrt(cfg.d_model)
-    return logits, carry
+    return self.logits(y), carry
+
+  def logits(self, y_BxNxD: Array) -> Array:
+    """Final RMSNorm and the tied output embedding: float32 logits [B, N, V]."""
+    dtype = jnp.dtype(self.config.dtype)
+    y = self.final_norm(y_BxNxD, dtype)
+    return jnp.einsum('bnd,vd->bnv', y, self.embed[...].astype(dtype),
+                      preferred_element_type=jnp.float32) / math.sqrt(self.config.d_model)
 
   def _block_form(self, x_BxNxD: Array, carry: Carry, dropout_key: Array | None):
     """The whole stack block by block (the step form): what feedback needs and generation will use."""

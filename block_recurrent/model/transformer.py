@@ -105,6 +105,19 @@ class Layer(nnx.Module):
       new_state = self.state.update(state, state_proj, kw, vw, key_valid[:, None, :])
     return self._finish(x_BxWxD, heads, k_ffn), k, v, new_state
 
+  def token(self, x_Bx1xD: Array, keys_Bx2WxHxD: Array, values_Bx2WxHxD: Array, here_Bx2W: Array,
+            bias_BxHx1x2W: Array, mask_Bx1x2W: Array, state_proj: recurrent.StateProjections | None = None):
+    """Token form (model/decode.py): one token per row written into its slot of the 2W decode slots and
+    attending with the block form's mask and bias rows. Returns (output, keys, values)."""
+    q, k, v, q2 = self._project(x_Bx1xD, None)
+    keys = jnp.where(here_Bx2W[:, :, None, None], k.astype(keys_Bx2WxHxD.dtype), keys_Bx2WxHxD)
+    values = jnp.where(here_Bx2W[:, :, None, None], v.astype(values_Bx2WxHxD.dtype), values_Bx2WxHxD)
+    heads = [attention.attend(q, keys, values, scale_H=self._scale(0), bias_HxQxK=bias_BxHx1x2W,
+                              mask_BxQxK=mask_Bx1x2W)]
+    if self.cross:
+      heads.append(self._cross_attention(q2, state_proj))
+    return self._finish(x_Bx1xD, heads, None), keys, values
+
   def segment(self, x_BxNxD: Array, k_prev: Array, v_prev: Array, prev_valid_B: Array,
               bias_HxWx2W: Array, *, state: Array | None = None, dropout_key: Array | None = None):
     """Segment form: all N/W blocks at once; only the state update runs block by block.
