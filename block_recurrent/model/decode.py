@@ -113,11 +113,20 @@ def step(model, ds: DecodeState, token_B: Array, start_B: Array | None = None):
   start_B marks rows whose token is the first input of a new document (the learned initial state,
   nothing before it visible), as start_of_sequence does for a segment.
   """
-  cfg = model.config
-  window, dtype = cfg.window, jnp.dtype(cfg.dtype)
   batch = ds.batch_size
   if jnp.shape(token_B) != (batch,):
     raise ConfigError(f'decode step takes one token per row: int32 [{batch}], got shape {jnp.shape(token_B)}')
+  x = model.embed[...].astype(jnp.dtype(model.config.dtype))[token_B][:, None, :]  # [B, 1, d]
+  y, ds = step_embedded(model, ds, x, start_B)
+  return model.logits(y)[:, 0], ds
+
+
+def step_embedded(model, ds: DecodeState, x_Bx1xD: Array, start_B: Array | None = None):
+  """step() from an embedded input on: (the last layer's output [B, 1, d] before the final norm, the new
+  decode state). What a policy core over observations uses (rl/a2c.py)."""
+  cfg = model.config
+  window, dtype = cfg.window, jnp.dtype(cfg.dtype)
+  batch = ds.batch_size
   start_B = jnp.zeros((batch,), bool) if start_B is None else jnp.asarray(start_B, bool)
   ds = _begin(model, ds, start_B)
   offset = ds.position % window  # [B]
@@ -128,7 +137,7 @@ def step(model, ds: DecodeState, token_B: Array, start_B: Array | None = None):
   table = jnp.asarray(attention.distance_buckets(2 * window, cfg.relative_buckets, cfg.relative_max_distance))
   buckets = table[jnp.maximum(slot[:, None] - j[None, :], 0)]  # [B, 2W]: the block form's q - k buckets
 
-  x = model.embed[...].astype(dtype)[token_B][:, None, :]  # [B, 1, d]
+  x = x_Bx1xD.astype(dtype)
   keys, values = list(ds.keys), list(ds.values)
   for i, layer in enumerate(model.layers):
     bias = jnp.transpose(layer.relative_bias[...][:, buckets], (1, 0, 2))[:, :, None, :]  # [B, H, 1, 2W]
@@ -136,11 +145,10 @@ def step(model, ds: DecodeState, token_B: Array, start_B: Array | None = None):
     state_proj = (recurrent.StateProjections(ds.state_keys[source], ds.state_values[source], None, None)
                   if layer.cross else None)
     x, keys[i], values[i] = layer.token(x, keys[i], values[i], here, bias, mask, state_proj)
-  logits = model.logits(x)[:, 0]
   ds = ds._replace(keys=tuple(keys), values=tuple(values), valid=ds.valid | here, position=ds.position + 1)
   complete = offset == window - 1
   ds = jax.lax.cond(jnp.any(complete), lambda d: _end_block(model, d, complete), lambda d: d, ds)
-  return logits, ds
+  return x, ds
 
 
 def run(model, ds: DecodeState, tokens_BxT: Array, start_BxT: Array | None = None):

@@ -3,7 +3,9 @@
 Rollouts run the core's step form inside one jitted lax.scan (environments included); the update runs
 its sequence form over the same rollout from the core state the rollout started with, with resets at
 episode starts, so the recomputed policy is the one that acted (tested). Cores: 'relit', 'arelit',
-'gtrxl' (a GRU-gated block around each, as in relit.md) and 'mlp' (no memory: the baseline at chance).
+'gtrxl' (a GRU-gated block around each, as in relit.md), 'brt' (the Block-Recurrent Transformer's
+recurrent layer, run by its token form: a window of W observations plus S recurrent states updated every
+W steps) and 'mlp' (no memory: the baseline at chance).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import optax
 from flax import nnx
 
 from block_recurrent import configs
-from block_recurrent.model import layers, linear_lm, linear_recurrent as lr
+from block_recurrent.model import decode, layers, linear_lm, linear_recurrent as lr
+from block_recurrent.model.lm import LanguageModel
 from block_recurrent.rl import tmaze
 
-CORES = ('relit', 'arelit', 'gtrxl', 'mlp')
+CORES = ('relit', 'arelit', 'gtrxl', 'brt', 'mlp')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +35,8 @@ class A2CConfig:
   eta: int = 2
   rank: int = 2
   memory: int = 32  # GTrXL's M
+  window: int = 8  # the BRT cell's block length W
+  states: int = 8  # the BRT cell's recurrent states S
   num_envs: int = 8
   rollout: int = 64
   gamma: float = 0.99
@@ -56,6 +61,34 @@ class _NoMemory(nnx.Module):
     return jax.nn.relu(x @ self.kernel[...]), state
 
 
+class _BRTCell(nnx.Module):
+  """One Block-Recurrent Transformer layer (recurrent: self-attention over the window and the cached
+  previous block, cross-attention to S states, fixed gates, skip wiring) as a policy core. Acting and
+  the update both run its token form (model/decode.py), whose outputs equal the block form's (tested
+  there and in tests/rl/test_a2c.py); a reset at any step starts that row's episode afresh."""
+
+  def __init__(self, cfg: 'A2CConfig', rngs: nnx.Rngs):
+    model_cfg = configs.ModelConfig(vocab_size=1, num_layers=1, recurrent_layers=(0,), d_model=cfg.d_model,
+                                    num_heads=cfg.num_heads, head_dim=cfg.head_dim, mlp_dim=4 * cfg.d_model,
+                                    window=cfg.window, segment_length=cfg.window, num_states=cfg.states,
+                                    dropout_rate=0.0)
+    self.model = LanguageModel(model_cfg, rngs)
+
+  def init_state(self, batch: int) -> decode.DecodeState:
+    return decode.init(self.model, batch)
+
+  def __call__(self, x_BxTxD, state: decode.DecodeState, reset_BxT, **kw):
+    del kw
+
+    def one(ds, xs):
+      x, reset = xs
+      y, ds = decode.step_embedded(self.model, ds, x[:, None], reset)
+      return ds, y[:, 0]
+
+    state, y = jax.lax.scan(one, state, (jnp.moveaxis(x_BxTxD, 1, 0), jnp.moveaxis(reset_BxT, 1, 0)))
+    return self.model.final_norm(jnp.moveaxis(y, 0, 1)), state
+
+
 class Policy(nnx.Module):
 
   def __init__(self, cfg: A2CConfig, rngs: nnx.Rngs):
@@ -65,6 +98,8 @@ class Policy(nnx.Module):
     self.inp = layers.variance_scaling(rngs, (tmaze.OBS_DIM, cfg.d_model), in_axis=0)
     if cfg.core == 'mlp':
       self.core = _NoMemory(cfg.d_model, rngs)
+    elif cfg.core == 'brt':
+      self.core = _BRTCell(cfg, rngs)
     else:
       model_cfg = configs.ModelConfig(d_model=cfg.d_model, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
                                       mlp_dim=4 * cfg.d_model, sequence_layer=cfg.core, relit_eta=cfg.eta,
@@ -79,7 +114,7 @@ class Policy(nnx.Module):
 
   def __call__(self, obs_BxTxO, state, first_BxT):
     """(action logits [B, T, A], values [B, T], state); first marks an episode's first observation."""
-    kw = {} if self.kind in ('gtrxl', 'mlp') else {'form': 'step'} if obs_BxTxO.shape[1] == 1 else {}
+    kw = {} if self.kind in ('gtrxl', 'mlp', 'brt') else {'form': 'step'} if obs_BxTxO.shape[1] == 1 else {}
     h, state = self.core(obs_BxTxO @ self.inp[...], state, first_BxT, **kw)
     return h @ self.pi[...], (h @ self.v[...])[..., 0], state
 

@@ -31,3 +31,28 @@ def test_update_recomputes_the_acting_policy_and_runs_finite(core):
   assert all(np.isfinite(float(v)) for v in stats.values())
   assert float(stats['recomputed_value_gap']) <= 1e-5
   assert int(stats['correct'] + stats['wrong'] + stats['timeouts']) >= 1  # 4 envs x 12 steps, limit 10
+
+
+def test_brt_cell_token_form_is_the_block_form_with_resets_anywhere():
+  """The BRT policy core (its token form, one observation at a time) computes what the Block-Recurrent
+  layer's segment form computes on the same inputs, and a reset at any step (not only at a block
+  boundary) starts that row afresh, with blocks aligned from the reset on."""
+  from flax import nnx
+
+  cfg = a2c.A2CConfig(core='brt', d_model=16, num_heads=2, head_dim=8, window=4, states=3)
+  cell = a2c._BRTCell(cfg, nnx.Rngs(0))  # pylint: disable=protected-access
+  w, d = cfg.window, cfg.d_model
+  x = jax.random.normal(jax.random.key(1), (2, 3 + 2 * w, d))
+  reset = np.zeros((2, 3 + 2 * w), bool)
+  reset[:, 0] = True
+  reset[1, 3] = True  # row 1 starts a new episode at step 3, inside a block
+  out, _ = jax.jit(cell)(x, cell.init_state(2), jnp.asarray(reset))
+
+  model = cell.model
+  model.embed = nnx.Param(jnp.eye(d) * np.sqrt(d))  # logits = the final norm's output
+  whole, _ = model.apply_embedded(x[:, :2 * w], model.init_carry(2), jnp.ones((2,), bool))
+  after, _ = model.apply_embedded(x[1:, 3:], model.init_carry(1), jnp.ones((1,), bool))
+  np.testing.assert_allclose(out[0, :2 * w], whole[0], atol=1e-5)
+  np.testing.assert_allclose(out[1, :3], whole[1, :3], atol=1e-5)  # before the reset, as row 0's form
+  np.testing.assert_allclose(out[1, 3:], after[0], atol=1e-5)
+  assert float(jnp.max(jnp.abs(out[1, 3:2 * w] - whole[1, 3:]))) > 1e-3  # the reset mattered

@@ -1,0 +1,252 @@
+"""Long-range recall: which language model remembers a fact G tokens later, for G up to many windows.
+
+    python -m block_recurrent.recall [--models slide xl rec relit arelit gtrxl] [--steps 1500]
+        [--gaps 8 16 32 64 128 256 512 1024] [--out results/recall]
+
+Synthetic documents over a 64-token vocabulary: random filler tokens, a few facts `key value` stated
+together, and later queries `? key` whose next token is the fact's value. The gap G is the distance from
+the value to the position where the model must produce it again. Every model is trained from scratch on
+the same stream of one-segment documents (256 tokens, gaps up to ~250), with the loss on the answers only,
+and then scored at each gap on longer documents read segment by segment with the carry passed on, as
+brt-eval reads a book. Chance is 1 / the number of values (6.25%).
+
+The models share a window of W = 32 tokens: Slide (blocks of 32 in segments of 256), XL (segments of
+32 with the previous segment cached), Rec:fixed:skip (Slide plus a recurrent layer with 32 states),
+ReLiT, AReLiT and GTrXL (M = 64, the attention span of Slide and XL); 3 layers of width 64, 2 heads of
+32. Each model's MLP width is chosen so that its non-embedding parameter count is within a few percent of
+ReLiT's with an MLP of 128 (the GRU gates of the linear models cost ~50k parameters a layer); the table
+prints the counts.
+Prints a markdown table and writes OUT.json and OUT.png (matplotlib, the `bench` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from block_recurrent import configs
+from block_recurrent.model import linear_lm
+
+VOCAB = 64
+FILLER = 32  # tokens 0..31
+KEYS = np.arange(32, 40)  # 8 keys
+VALUES = np.arange(40, 56)  # 16 values: chance is 1/16
+QUERY = 56
+MODELS = ('slide', 'xl', 'rec', 'relit', 'arelit', 'gtrxl')
+TRAIN_LENGTH = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  facts: int = 2  # facts stated together in each document
+  queries: int = 8  # queries per training document
+
+
+def make_documents(rng: np.random.Generator, rows: int, length: int, task: Task, gap: int | None = None):
+  """(tokens [rows, length] int32, answer mask [rows, length] bool, gaps [rows]): mask[t] marks the
+  query-key positions whose next token is the answer. With `gap`, each row has one query whose answer
+  lies exactly `gap` tokens after its fact's value, the answer at the end of the document; otherwise
+  `task.queries` queries at random places after the facts."""
+  tokens = rng.integers(0, FILLER, (rows, length)).astype(np.int32)
+  mask = np.zeros((rows, length), bool)
+  gaps = np.zeros((rows,), np.int32)
+  for i in range(rows):
+    keys = rng.choice(KEYS, task.facts, replace=False)
+    values = rng.choice(VALUES, task.facts)
+    if gap is None:
+      start = rng.integers(0, length // 4)
+    else:
+      start = length - 1 - gap - (2 * task.facts - 1)  # the last fact's value, `gap` before the answer
+      if start < 0:
+        raise ValueError(f'a gap of {gap} needs documents longer than {length} tokens')
+    tokens[i, start:start + 2 * task.facts:2] = keys
+    tokens[i, start + 1:start + 2 * task.facts:2] = values
+    if gap is None:
+      first = start + 2 * task.facts
+      slots = rng.choice(np.arange(first, length - 2, 3), task.queries, replace=False)
+    else:
+      slots = np.array([length - 3])
+    for slot in slots:
+      j = rng.integers(task.facts) if gap is None else task.facts - 1
+      tokens[i, slot:slot + 3] = (QUERY, keys[j], values[j])
+      mask[i, slot + 1] = True
+      gaps[i] = slot + 2 - (start + 2 * j + 1)
+  return tokens, mask, gaps
+
+
+def base_config(kind: str, mlp_dim: int) -> configs.ModelConfig:
+  common = dict(vocab_size=VOCAB, num_layers=3, d_model=64, num_heads=2, head_dim=32, mlp_dim=mlp_dim,
+                window=32, segment_length=TRAIN_LENGTH, dropout_rate=0.0, num_states=32,
+                relative_max_distance=128)
+  if kind == 'slide':
+    return configs.ModelConfig(**common)
+  if kind == 'xl':
+    return configs.ModelConfig(**dict(common, segment_length=32))
+  if kind == 'rec':
+    return configs.ModelConfig(**common, recurrent_layers=(1,), gate='fixed', wiring='skip')
+  if kind in ('relit', 'arelit', 'gtrxl'):
+    return configs.ModelConfig(**common, sequence_layer=kind, gtrxl_memory=64)
+  raise configs.ConfigError(f'unknown model {kind!r}: choose from {", ".join(MODELS)}')
+
+
+def non_embedding_params(cfg: configs.ModelConfig) -> int:
+  model = nnx.eval_shape(lambda: linear_lm.build(cfg, nnx.Rngs(params=0)))
+  total = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  return total - cfg.vocab_size * cfg.d_model
+
+
+def matched_config(kind: str, target: int) -> configs.ModelConfig:
+  """The model's config with the MLP width (a multiple of 8) that brings it closest to `target`."""
+  low, high = non_embedding_params(base_config(kind, 8)), non_embedding_params(base_config(kind, 16))
+  per_unit = (high - low) / 8  # the count is linear in the width
+  mlp = max(8, 8 * round((8 + (target - low) / per_unit) / 8))
+  return base_config(kind, mlp)
+
+
+class Trainer:
+  """One model: a jitted train step on one-segment documents, and a jitted scorer that reads longer
+  documents segment by segment with the carry passed on."""
+
+  def __init__(self, cfg: configs.ModelConfig, learning_rate: float, steps: int, seed: int):
+    self.cfg = cfg
+    model = linear_lm.build(cfg, nnx.Rngs(params=seed))
+    self.graphdef, self.params = nnx.split(model)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(100, steps // 10 + 1), steps)
+    self.tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
+    self.opt_state = self.tx.init(self.params)
+    self._step = jax.jit(self._train_step)
+    self._score = jax.jit(self._score_documents)
+
+  def _forward(self, params, tokens_BxT):
+    """Logits over the whole document (whole segments), one segment at a time with the carry passed on."""
+    model = nnx.merge(self.graphdef, params)
+    batch, length = tokens_BxT.shape
+    n = self.cfg.segment_length
+    segments = tokens_BxT.reshape(batch, length // n, n).swapaxes(0, 1)  # [S, B, N]
+
+    def segment(carry, xs):
+      tokens, first = xs
+      logits, carry = model(tokens, carry, jnp.full((batch,), first))
+      return carry, logits
+
+    starts = jnp.arange(length // n) == 0
+    _, logits = jax.lax.scan(segment, model.init_carry(batch), (segments, starts))
+    return logits.swapaxes(0, 1).reshape(batch, length, -1)
+
+  def _loss(self, params, tokens, mask):
+    logits = self._forward(params, tokens)[:, :-1]
+    logp = jax.nn.log_softmax(logits)
+    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
+    m = mask[:, :-1].astype(jnp.float32)
+    return jnp.sum(nll * m) / jnp.sum(m)
+
+  def _train_step(self, params, opt_state, tokens, mask):
+    loss, grads = jax.value_and_grad(self._loss)(params, tokens, mask)
+    updates, opt_state = self.tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  def _score_documents(self, params, tokens, mask):
+    logits = self._forward(params, tokens)[:, :-1]
+    right = (jnp.argmax(logits, -1) == tokens[:, 1:]) & mask[:, :-1]
+    return jnp.sum(right, axis=1)
+
+  def train(self, rng, steps: int, batch: int, task: Task) -> list[float]:
+    losses = []
+    for _ in range(steps):
+      tokens, mask, _ = make_documents(rng, batch, TRAIN_LENGTH, task)
+      self.params, self.opt_state, loss = self._step(self.params, self.opt_state, tokens, mask)
+      losses.append(float(loss))
+    return losses
+
+  def accuracy(self, rng, gap: int, examples: int, length: int, task: Task, batch: int = 64) -> float:
+    right = 0
+    for _ in range(examples // batch):
+      tokens, mask, _ = make_documents(rng, batch, length, task, gap=gap)
+      right += int(jnp.sum(self._score(self.params, tokens, mask)))
+    return right / (examples // batch * batch)
+
+
+def eval_length(max_gap: int, task: Task) -> int:
+  """One document length for every gap (one compilation): enough for the largest, in whole segments."""
+  need = max_gap + 2 * task.facts + 2
+  return -(-need // TRAIN_LENGTH) * TRAIN_LENGTH
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--models', nargs='+', default=list(MODELS), choices=MODELS)
+  parser.add_argument('--gaps', type=int, nargs='+', default=[8, 16, 32, 64, 128, 256, 512, 1024])
+  parser.add_argument('--steps', type=int, default=1500, help='training steps per model')
+  parser.add_argument('--batch', type=int, default=32, help='documents of 256 tokens per step')
+  parser.add_argument('--learning_rate', type=float, default=3e-3)
+  parser.add_argument('--examples', type=int, default=256, help='scored queries per gap')
+  parser.add_argument('--facts', type=int, default=2)
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--out', default='results/recall')
+  args = parser.parse_args(argv)
+  if min(args.gaps) < 1:
+    parser.error(f'--gaps must be positive, got {min(args.gaps)}')
+  if not 1 <= args.facts <= len(KEYS):
+    parser.error(f'--facts must lie in [1, {len(KEYS)}], got {args.facts}')
+  task = Task(facts=args.facts)
+  target = non_embedding_params(base_config('relit', 128))
+  length = eval_length(max(args.gaps), task)
+  rows = []
+  for kind in args.models:
+    cfg = matched_config(kind, target)
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, args.learning_rate, args.steps, args.seed)
+    losses = trainer.train(np.random.default_rng(args.seed), args.steps, args.batch, task)
+    train_s = time.perf_counter() - t0
+    eval_rng = np.random.default_rng(args.seed + 1)  # the same test documents for every model
+    acc = {g: trainer.accuracy(eval_rng, g, args.examples, length, task) for g in args.gaps}
+    row = {'model': kind, 'params': non_embedding_params(cfg), 'mlp_dim': cfg.mlp_dim,
+           'final_loss': float(np.mean(losses[-50:])), 'train_seconds': train_s,
+           'eval_seconds': time.perf_counter() - t0 - train_s, 'accuracy': acc}
+    rows.append(row)
+    print(f'{kind}: {row["params"]:,} non-embedding params, loss {row["final_loss"]:.3f}, '
+          f'{train_s:.0f}s training; ' + ' '.join(f'G={g}:{100 * a:.0f}%' for g, a in acc.items()), flush=True)
+  print(f'\nRecall accuracy per gap (window 32, trained on 256-token documents, {args.steps} steps of '
+        f'{args.batch}; chance {100 / len(VALUES):.2f}%; {args.examples} queries per gap)')
+  print('| model | non-embedding params | ' + ' | '.join(f'G={g}' for g in args.gaps) + ' |')
+  print('|---|---|' + '---|' * len(args.gaps))
+  for row in rows:
+    print(f'| {row["model"]} | {row["params"]:,} | '
+          + ' | '.join(f'{100 * row["accuracy"][g]:.0f}%' for g in args.gaps) + ' |')
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.with_suffix('.json').write_text(json.dumps(rows, indent=1))
+  try:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    print(f'wrote {out.with_suffix(".json")}; no plot: pip install -e ".[bench]" for matplotlib')
+    return 0
+  fig, ax = plt.subplots(figsize=(6, 3.8))
+  for row in rows:
+    ax.plot(args.gaps, [100 * row['accuracy'][g] for g in args.gaps], marker='o', label=row['model'])
+  ax.axhline(100 / len(VALUES), color='gray', linestyle=':', label='chance')
+  ax.axvline(64, color='gray', linestyle='--', linewidth=0.8, label='attention span (2W)')
+  ax.set_xscale('log', base=2)
+  ax.set_xlabel('gap G (tokens)')
+  ax.set_ylabel('recall accuracy (%)')
+  ax.set_title('Long-range recall')
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(out.with_suffix('.png'), dpi=120)
+  print(f'wrote {out.with_suffix(".png")} and {out.with_suffix(".json")}')
+  return 0
+
+
+if __name__ == '__main__':
+  raise SystemExit(main())
