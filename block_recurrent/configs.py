@@ -173,6 +173,11 @@ class DataConfig:
   #                                     needs few, since each lane streams one book from start to end
   shuffle_seed: int | None = 0  # document order per epoch; None keeps the source order
   num_epochs: int | None = None  # None streams forever
+  # The training stream is split into this many shards of batch_size / data_shards lanes, each with its
+  # own documents (source index % data_shards) and cursor; each process reads data_shards / processes of
+  # them. 0: one per process, or what the checkpoint being resumed used. Fixing it makes the batches the
+  # same whatever the number of processes (a 2-host run equals a 1-host one, and resumes on either).
+  data_shards: int = 0
 
   def __post_init__(self):
     _check(isinstance(self.task, str), 'DataConfig.task is required: add a task file such as '
@@ -188,6 +193,8 @@ class DataConfig:
            f'DataConfig.eval_batch_size must be positive, got {self.eval_batch_size!r}')
     _check(self.num_epochs is None or self.num_epochs > 0,
            f'DataConfig.num_epochs must be None (forever) or positive, got {self.num_epochs!r}')
+    _check(isinstance(self.data_shards, int) and self.data_shards >= 0,
+           f'DataConfig.data_shards must be 0 (one per process) or positive, got {self.data_shards!r}')
 
 
 OPTIMIZERS = ('adafactor', 'adamw')

@@ -1,6 +1,7 @@
 """`brt-train`, `brt-eval`, `brt-generate`: gin-configured training, scoring and generation (also `python -m block_recurrent.main`).
 
     brt-train --gin_file=gin/experiments/local_cpu.gin [--gin_param=...] --workdir=DIR [--load_dir=DIR]
+        [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
     brt-eval --workdir=DIR [--split=test] [--task=pg19_bytes] [--data_dir=...] [--step=N] [--losses_file=F]
     brt-generate --workdir=DIR --prompt="..." --max_new_tokens=N [--temperature --top_k --top_p --seed]
 
@@ -44,13 +45,21 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--load_dir', default=None, help="start from another run's parameters (fine-tuning)")
   parser.add_argument('--reset_optimizer', action='store_true', help='with --load_dir: fresh optimiser state')
+  parser.add_argument('--coordinator_address', default=None,
+                      help='HOST:PORT of process 0 in a multi-process run (automatic on a Cloud TPU slice)')
+  parser.add_argument('--num_processes', type=int, default=None, help='processes in a multi-process run')
+  parser.add_argument('--process_id', type=int, default=None, help="this process's index, 0 .. num_processes-1")
   args = parser.parse_args(argv)
   try:
     model_cfg, data_cfg, train_cfg, mesh_cfg = _configs(args.gin_file, args.gin_param)
+    from block_recurrent import distributed  # pylint: disable=import-outside-toplevel
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    import jax  # pylint: disable=import-outside-toplevel
     from block_recurrent.train import loop  # heavy imports only once the config is known to be good
+    lead = jax.process_index() == 0  # one process prints; every process trains and checkpoints
     loop.train(model_cfg, data_cfg, train_cfg, mesh_cfg, args.workdir, load_dir=args.load_dir,
                reset_optimizer=args.reset_optimizer, config_text=gin.config_str(),
-               echo=lambda line: print(line, flush=True))
+               echo=lambda line: print(line, flush=True) if lead else None)
   except configs.ConfigError as e:
     print(f'brt-train: error: {e}', file=sys.stderr)
     return 2

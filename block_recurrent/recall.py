@@ -56,6 +56,8 @@ def make_documents(rng: np.random.Generator, rows: int, length: int, task: Task,
   query-key positions whose next token is the answer. With `gap`, each row has one query whose answer
   lies exactly `gap` tokens after its fact's value, the answer at the end of the document; otherwise
   `task.queries` queries at random places after the facts."""
+  if gap is not None and gap < 3:
+    raise ValueError(f'gaps must be at least 3 (value, "?", key, answer), got {gap}')
   tokens = rng.integers(0, FILLER, (rows, length)).astype(np.int32)
   mask = np.zeros((rows, length), bool)
   gaps = np.zeros((rows,), np.int32)
@@ -64,8 +66,9 @@ def make_documents(rng: np.random.Generator, rows: int, length: int, task: Task,
     values = rng.choice(VALUES, task.facts)
     if gap is None:
       start = rng.integers(0, length // 4)
-    else:
-      start = length - 1 - gap - (2 * task.facts - 1)  # the last fact's value, `gap` before the answer
+    else:  # the fact queried: any whose statement ends before the query at the end of the document
+      asked = rng.integers(max(0, task.facts - (gap - 1) // 2), task.facts)
+      start = length - 1 - gap - (2 * asked + 1)  # its value lies `gap` tokens before the answer
       if start < 0:
         raise ValueError(f'a gap of {gap} needs documents longer than {length} tokens')
     tokens[i, start:start + 2 * task.facts:2] = keys
@@ -76,7 +79,7 @@ def make_documents(rng: np.random.Generator, rows: int, length: int, task: Task,
     else:
       slots = np.array([length - 3])
     for slot in slots:
-      j = rng.integers(task.facts) if gap is None else task.facts - 1
+      j = rng.integers(task.facts) if gap is None else asked
       tokens[i, slot:slot + 3] = (QUERY, keys[j], values[j])
       mask[i, slot + 1] = True
       gaps[i] = slot + 2 - (start + 2 * j + 1)
@@ -193,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--out', default='results/recall')
   args = parser.parse_args(argv)
-  if min(args.gaps) < 1:
-    parser.error(f'--gaps must be positive, got {min(args.gaps)}')
+  if min(args.gaps) < 3:
+    parser.error(f'--gaps must be at least 3 (value, "?", key, answer), got {min(args.gaps)}')
   if not 1 <= args.facts <= len(KEYS):
     parser.error(f'--facts must lie in [1, {len(KEYS)}], got {args.facts}')
   task = Task(facts=args.facts)

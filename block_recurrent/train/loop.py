@@ -6,6 +6,8 @@ the data cursor; otherwise --load_dir's parameters (fine-tuning) or a fresh init
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 import pathlib
 import time
@@ -16,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from block_recurrent import configs, flops, sharding
+from block_recurrent import configs, distributed, flops, sharding
 from block_recurrent.data import segments, tasks
 from block_recurrent.model import linear_lm
 from block_recurrent.train import checkpoint as ckpt_lib, optim, step as step_lib, summaries
@@ -115,13 +117,18 @@ def evaluate(s: Setup, eval_fn, state: step_lib.TrainState, docs, segment_length
 
   per_token(doc_id, first_position, targets, nll_nats) is called for each lane's real tokens of each
   segment, in order, for scoring files; memory stays that of one segment however long the documents."""
-  eval_batcher = segments.DocumentBatcher(docs, batch_size=s.eval_batch // jax.process_count(),
-                                          segment_length=segment_length, num_epochs=1)
+  # A process may hold no document of a small split (one book over two hosts): it feeds padding rows.
+  eval_batcher = (segments.DocumentBatcher(docs, batch_size=s.eval_batch // jax.process_count(),
+                                           segment_length=segment_length, num_epochs=1) if len(docs) else iter(()))
   state = state._replace(eval_carry=jax.tree.map(jnp.zeros_like, state.eval_carry))
-  sums, positions = {}, [0] * (s.eval_batch // jax.process_count())
-  for i, batch in enumerate(eval_batcher):
-    if max_segments and i >= max_segments:
-      break
+  lanes = s.eval_batch // jax.process_count()
+  sums, positions = {}, [0] * lanes
+  for i in itertools.count():
+    batch = next(eval_batcher, None)
+    if (max_segments and i >= max_segments) or distributed.all_true(batch is None):
+      break  # every process agrees: each runs the same number of steps
+    if batch is None:
+      batch = _padding_batch(lanes, segment_length)
     arrays = _batch_arrays(batch)
     arrays['start'] = arrays['start'] | (i == 0)  # a fresh eval carry: every lane starts clean
     state, stats = eval_fn(state, _put(arrays, s.eval_batch_sh))
@@ -148,24 +155,24 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
   workdir = pathlib.Path(workdir).resolve()
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / 'config.gin').write_text(config_text)
+    if jax.process_index() == 0:
+      (workdir / 'config.gin').write_text(config_text)
   except OSError as e:
     raise configs.ConfigError(f'cannot write to workdir {workdir}: {e.strerror}') from None
   pid, pcount = jax.process_index(), jax.process_count()
-  docs = {split: tasks.documents(data_cfg.task, split, data_dir=data_cfg.data_dir, spm_path=data_cfg.spm_path,
-                                 process_index=pid, process_count=pcount) for split in ('train', 'validation')}
-  batcher = segments.DocumentBatcher(docs['train'], batch_size=data_cfg.batch_size // pcount,
-                                     segment_length=model_cfg.segment_length,
-                                     shuffle_seed=data_cfg.shuffle_seed, num_epochs=data_cfg.num_epochs)
+  validation = tasks.documents(data_cfg.task, 'validation', data_dir=data_cfg.data_dir,
+                               spm_path=data_cfg.spm_path, process_index=pid, process_count=pcount)
 
   # --- restore --------------------------------------------------------------------------------------
   checkpointer = ckpt_lib.Checkpointer(workdir / 'checkpoints', keep=train_cfg.keep_checkpoints,
                                        every=train_cfg.checkpoint_every)
   restored = checkpointer.restore(s.target)
-  first_step = 0
+  first_step, cursor = 0, None
   if restored is not None:
     first_step, state, cursor = restored
-    batcher.restore(cursor)
+    cursor = _sharded_cursor(cursor)
+  batchers = _train_batchers(data_cfg, model_cfg.segment_length, cursor)
+  if restored is not None:
     echo(f'resumed from {checkpointer.directory}/{first_step}')
   else:
     state = jax.jit(s.init, out_shardings=s.state_sh)()
@@ -185,11 +192,11 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
   echo(f'training {data_cfg.task} for {train_cfg.num_steps} steps from step {step_now}: workdir {workdir}')
   sums, t_log, t0, last, timed_tokens = {}, time.perf_counter(), time.perf_counter(), {}, 0.0
   for step_now in range(step_now, train_cfg.num_steps):
-    batch = next(batcher, None)
-    if batch is None:
+    parts = [next(b, None) for b in batchers.values()]
+    if not distributed.all_true(all(p is not None for p in parts)):  # every process stops together
       echo('the training data ran out (num_epochs reached)')
       break
-    state, metrics = train_fn(state, _put(_batch_arrays(batch), s.batch_sh))
+    state, metrics = train_fn(state, _put(_batch_arrays(_concat(parts)), s.batch_sh))
     if not sums and step_now == first_step:
       jax.block_until_ready(metrics)
       echo(f'first step done {time.perf_counter() - t0:.1f}s after the loop started (compilation included)')
@@ -208,20 +215,71 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
       writer.write('train', done, last)
       sums, t_log, timed_tokens = {}, time.perf_counter(), 0.0
     if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done < train_cfg.num_steps:
-      state, ev = evaluate(s, eval_fn, state, docs['validation'], model_cfg.segment_length,
-                           train_cfg.eval_segments)
+      state, ev = evaluate(s, eval_fn, state, validation, model_cfg.segment_length, train_cfg.eval_segments)
       echo(f'eval at step {done}: bits/byte {ev["bits_per_byte"]:.3f}  bits/token {ev["bits_per_token"]:.3f}')
       writer.write('validation', done, ev)
     if done % max(train_cfg.checkpoint_every, 1) == 0 or done == train_cfg.num_steps:
-      checkpointer.save(done, state, batcher.state(), force=done == train_cfg.num_steps)
+      checkpointer.save(done, state, _cursor(batchers), force=done == train_cfg.num_steps)
   checkpointer.wait()
-  state, ev = evaluate(s, eval_fn, state, docs['validation'], model_cfg.segment_length, train_cfg.eval_segments)
+  state, ev = evaluate(s, eval_fn, state, validation, model_cfg.segment_length, train_cfg.eval_segments)
   writer.write('validation', int(state.step), ev)
   writer.close()
   checkpointer.close()
   echo(f'validation bits/byte {ev["bits_per_byte"]:.4f}  bits/token {ev["bits_per_token"]:.4f}')
   echo(f'outputs: {workdir}/metrics.jsonl, {workdir}/tensorboard, {workdir}/config.gin, {checkpointer.directory}')
   return {'train': last, 'validation': ev, 'state': state}
+
+
+def _sharded_cursor(cursor: dict) -> dict:
+  """A checkpoint's data cursor as {'data_shards': S, 'shards': {str(k): cursor of shard k}} (checkpoints
+  written before data shards existed hold one batcher's cursor: one shard)."""
+  if 'shards' in cursor:
+    return cursor
+  return {'data_shards': 1, 'shards': {'0': cursor}}
+
+
+def _train_batchers(data_cfg: configs.DataConfig, segment_length: int, cursor: dict | None) -> dict:
+  """This process's shards of the training stream: {shard: DocumentBatcher}, restored from `cursor`."""
+  pcount, pid = jax.process_count(), jax.process_index()
+  saved = cursor['data_shards'] if cursor else None
+  shards = data_cfg.data_shards or saved or pcount
+  if saved is not None and saved != shards:
+    raise configs.ConfigError(f'the checkpoint was written with DataConfig.data_shards={saved}, this run has '
+                              f'{shards}: pass --gin_param=DataConfig.data_shards={saved} (or 0)')
+  if shards % pcount or data_cfg.batch_size % shards:
+    raise configs.ConfigError(f'DataConfig.data_shards={shards} must be a multiple of the {pcount} processes and '
+                              f'divide DataConfig.batch_size={data_cfg.batch_size}: pick another data_shards')
+  per = shards // pcount
+  batchers = {}
+  for k in range(pid * per, (pid + 1) * per):
+    docs = tasks.documents(data_cfg.task, 'train', data_dir=data_cfg.data_dir, spm_path=data_cfg.spm_path,
+                           process_index=k, process_count=shards)
+    batchers[k] = segments.DocumentBatcher(docs, batch_size=data_cfg.batch_size // shards,
+                                           segment_length=segment_length, shuffle_seed=data_cfg.shuffle_seed,
+                                           num_epochs=data_cfg.num_epochs)
+    if cursor:
+      batchers[k].restore(cursor['shards'][str(k)])
+  return batchers
+
+
+def _cursor(batchers: dict) -> dict:
+  """The whole stream's cursor (every process's shards), the same on every process."""
+  merged = {}
+  for part in distributed.gather_json({str(k): b.state() for k, b in batchers.items()}):
+    merged.update(part)
+  return {'data_shards': len(merged), 'shards': merged}
+
+
+def _concat(parts: list) -> segments.Batch:
+  return segments.Batch(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])
+                           for f in dataclasses.fields(segments.Batch)})
+
+
+def _padding_batch(rows: int, segment_length: int) -> segments.Batch:
+  """All-padding rows: what a process whose evaluation documents are used up feeds while others finish."""
+  zeros = np.zeros((rows, segment_length), np.int32)
+  return segments.Batch(inputs=zeros, targets=zeros, mask=zeros.astype(bool), start_of_sequence=np.zeros(rows, bool),
+                        num_bytes=np.zeros(rows, np.int64), doc_ids=np.full(rows, -1, np.int64))
 
 
 def _load_parameters(s: Setup, state, load_dir: str, reset_optimizer: bool, echo):

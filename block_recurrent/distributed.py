@@ -1,0 +1,75 @@
+"""Multi-process runs: JAX's distributed runtime, and the few cross-process agreements the loop needs.
+
+    brt-train ... --coordinator_address=HOST:PORT --num_processes=N --process_id=I   (explicit)
+    brt-train ...                                                                    (auto on Cloud TPU)
+
+On a Cloud TPU VM slice with more than one worker, `jax.distributed.initialize()` finds the coordinator
+and this worker's id itself; elsewhere a multi-process run names them. On CPU the processes talk through
+gloo collectives (what the multi-process tests on one machine use).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from block_recurrent.configs import ConfigError
+
+
+def on_multi_worker_tpu() -> bool:
+  """A Cloud TPU VM slice with several workers (the TPU runtime sets these for every worker)."""
+  hosts = os.environ.get('TPU_WORKER_HOSTNAMES', '')
+  return len([h for h in hosts.split(',') if h]) > 1
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> bool:
+  """Starts the distributed runtime when the run spans processes; returns whether it did.
+
+  Must run before anything touches a JAX device."""
+  import jax  # pylint: disable=import-outside-toplevel
+  explicit = (coordinator_address, num_processes, process_id)
+  if any(v is not None for v in explicit):
+    if None in explicit:
+      raise ConfigError('a multi-process run needs all of --coordinator_address, --num_processes and '
+                        '--process_id (or none of them on a Cloud TPU slice)')
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+      raise ConfigError(f'--process_id {process_id} must lie in [0, --num_processes={num_processes})')
+    if ':' not in coordinator_address:
+      raise ConfigError(f'--coordinator_address {coordinator_address!r} must be HOST:PORT')
+    if num_processes == 1:
+      return False
+    if jax.config.jax_platforms in (None, '', 'cpu') or 'cpu' in str(jax.config.jax_platforms):
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id)
+    return True
+  if on_multi_worker_tpu():
+    jax.distributed.initialize()
+    return True
+  return False
+
+
+def all_true(flag: bool) -> bool:
+  """Whether `flag` holds on every process (each process passes its own)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_count() == 1:
+    return bool(flag)
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return bool(np.all(multihost_utils.process_allgather(np.array([bool(flag)], np.int32))))
+
+
+def gather_json(value) -> list:
+  """Every process's JSON-serialisable `value`, in process order, on every process."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_count() == 1:
+    return [value]
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  raw = np.frombuffer(json.dumps(value).encode(), np.uint8)
+  lengths = multihost_utils.process_allgather(np.array([raw.size], np.int32)).reshape(-1)
+  padded = np.zeros(int(lengths.max()), np.uint8)
+  padded[:raw.size] = raw
+  rows = multihost_utils.process_allgather(padded).reshape(len(lengths), -1)
+  return [json.loads(bytes(row[:n]).decode()) for row, n in zip(rows, lengths)]
