@@ -232,7 +232,9 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-  """Device mesh ('data', 'fsdp', 'model'); data=-1 takes the devices left over."""
+  """Device mesh ('data', 'fsdp', 'model'); one axis may be -1 to take the devices left over. The
+  strategies in gin/mesh/: data_parallel (all on data), fsdp (parameters and optimiser state sharded over
+  the fsdp axis, which also splits the batch), fsdp_model (fsdp plus heads and MLP over the model axis)."""
 
   data: int = -1
   fsdp: int = 1

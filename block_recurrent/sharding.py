@@ -19,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from block_recurrent.configs import ConfigError
 
 MESH_AXES = ('data', 'fsdp', 'model')
+STRATEGIES = ('gin/mesh/data_parallel.gin', 'gin/mesh/fsdp.gin', 'gin/mesh/fsdp_model.gin')
 
 # logical name -> mesh axes (None: replicated)
 LOGICAL_RULES: dict[str, tuple[str, ...] | str | None] = {
@@ -60,14 +61,25 @@ PARAM_AXES: dict[tuple[str, int], tuple[str | None, ...]] = {
 }
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, model: int = 1, devices: Sequence | None = None) -> Mesh:
-  """A ('data', 'fsdp', 'model') mesh; data=-1 takes whatever devices are left."""
-  devices = list(devices if devices is not None else jax.devices())
-  if data == -1:
-    data = len(devices) // (fsdp * model)
-  if data * fsdp * model != len(devices) or min(data, fsdp, model) < 1:
-    raise ConfigError(f'mesh data={data} x fsdp={fsdp} x model={model} does not use the {len(devices)} '
+def mesh_shape(data: int, fsdp: int, model: int, num_devices: int) -> tuple[int, int, int]:
+  """The axis sizes with the one axis given as -1 (if any) taking the devices the others leave."""
+  sizes = [data, fsdp, model]
+  if sizes.count(-1) > 1:
+    raise ConfigError(f'mesh data={data} x fsdp={fsdp} x model={model}: at most one axis may be -1')
+  if -1 in sizes:
+    rest = math.prod(v for v in sizes if v != -1)
+    sizes[sizes.index(-1)] = num_devices // rest if rest > 0 else 0
+  data, fsdp, model = sizes
+  if data * fsdp * model != num_devices or min(sizes) < 1:
+    raise ConfigError(f'mesh data={data} x fsdp={fsdp} x model={model} does not use the {num_devices} '
                       'devices: make the product equal the device count')
+  return data, fsdp, model
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, model: int = 1, devices: Sequence | None = None) -> Mesh:
+  """A ('data', 'fsdp', 'model') mesh; one axis may be -1 to take whatever devices are left."""
+  devices = list(devices if devices is not None else jax.devices())
+  data, fsdp, model = mesh_shape(data, fsdp, model, len(devices))
   return Mesh(np.asarray(devices).reshape(data, fsdp, model), MESH_AXES)
 
 
@@ -115,3 +127,27 @@ def carry_shardings(mesh: Mesh, carry, rules: dict = LOGICAL_RULES):
     names = {4: ('batch', None, 'heads', 'kv'), 3: ('batch', 'states', 'embed'), 1: ('batch',)}[leaf.ndim]
     return NamedSharding(mesh, spec(names, leaf.shape, mesh, rules))
   return jax.tree.map(one, carry)
+
+
+def _path_keys(path) -> tuple:
+  return tuple(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+
+
+def like_params(mesh: Mesh, tree, params, param_sh):
+  """Shardings for optimiser state: a leaf whose path ends with a parameter's path and has its shape
+  (Adam's moments, Adafactor's full-rank factors) is sharded as that parameter; anything else (step
+  counts, factored row/column statistics) is replicated."""
+  by_path = {}
+  for (path, leaf), sh in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(param_sh)):
+    by_path[_path_keys(path)] = (tuple(leaf.shape), sh)
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  def one(path, leaf):
+    keys = _path_keys(path)
+    for start in range(len(keys)):
+      hit = by_path.get(keys[start:])
+      if hit is not None and hit[0] == tuple(leaf.shape):
+        return hit[1]
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(one, tree)

@@ -86,7 +86,8 @@ def setup(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
   abstract_state = jax.eval_shape(init)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   state_sh = step_lib.TrainState(step=replicated, params=param_sh,
-                                 opt_state=jax.tree.map(lambda _: replicated, abstract_state.opt_state),
+                                 opt_state=sharding.like_params(mesh, abstract_state.opt_state,
+                                                                abstract_state.params, param_sh),
                                  rng=replicated, carry=sharding.carry_shardings(mesh, abstract_state.carry),
                                  eval_carry=sharding.carry_shardings(mesh, abstract_state.eval_carry))
 
