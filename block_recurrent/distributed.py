@@ -1,7 +1,8 @@
 """Multi-process runs: JAX's distributed runtime, and the few cross-process agreements the loop needs.
 
     brt-train ... --coordinator_address=HOST:PORT --num_processes=N --process_id=I   (explicit)
-    brt-train ...                                                                    (auto on Cloud TPU)
+    brt-train ... --distributed                            (JAX finds the cluster: Cloud TPU, SLURM, ...)
+    brt-train ...                                          (also automatic on a multi-worker Cloud TPU VM)
 
 On a Cloud TPU VM slice with more than one worker, `jax.distributed.initialize()` finds the coordinator
 and this worker's id itself; elsewhere a multi-process run names them. On CPU the processes talk through
@@ -23,12 +24,19 @@ def on_multi_worker_tpu() -> bool:
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
+               process_id: int | None = None, auto: bool = False) -> bool:
   """Starts the distributed runtime when the run spans processes; returns whether it did.
 
-  Must run before anything touches a JAX device."""
+  auto (brt-train --distributed, what launch/train.sh passes): let JAX find the cluster itself (Cloud
+  TPU metadata, SLURM, ...). Must run before anything touches a JAX device."""
   import jax  # pylint: disable=import-outside-toplevel
   explicit = (coordinator_address, num_processes, process_id)
+  if auto and any(v is not None for v in explicit):
+    raise ConfigError('--distributed finds the cluster itself: drop --coordinator_address, --num_processes '
+                      'and --process_id, or drop --distributed')
+  if auto:
+    jax.distributed.initialize()
+    return True
   if any(v is not None for v in explicit):
     if None in explicit:
       raise ConfigError('a multi-process run needs all of --coordinator_address, --num_processes and '

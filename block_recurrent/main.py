@@ -1,7 +1,7 @@
 """`brt-train`, `brt-eval`, `brt-generate`: gin-configured training, scoring and generation (also `python -m block_recurrent.main`).
 
     brt-train --gin_file=gin/experiments/local_cpu.gin [--gin_param=...] --workdir=DIR [--load_dir=DIR]
-        [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
+        [--coordinator_address=HOST:PORT --num_processes=N --process_id=I | --distributed]
     brt-eval --workdir=DIR [--split=test] [--task=pg19_bytes] [--data_dir=...] [--step=N] [--losses_file=F]
     brt-generate --workdir=DIR --prompt="..." --max_new_tokens=N [--temperature --top_k --top_p --seed]
 
@@ -30,9 +30,15 @@ def _configs(gin_files, gin_params):
 def _workdir_configs(workdir: str, gin_params):
   """The configs a brt-train workdir was trained with (its config.gin), plus extra bindings."""
   from block_recurrent import configs
-  config_file = pathlib.Path(workdir) / 'config.gin'
+  from block_recurrent.train import checkpoint  # pylint: disable=import-outside-toplevel
+  config_file = checkpoint.path(workdir) / 'config.gin'
   if not config_file.is_file():
     raise configs.ConfigError(f'{config_file} not found: --workdir must be a folder brt-train wrote')
+  if '://' in str(config_file):  # gin reads local files: a bucket's config.gin is read through a copy
+    import tempfile  # pylint: disable=import-outside-toplevel
+    local = pathlib.Path(tempfile.mkdtemp()) / 'config.gin'
+    local.write_text(config_file.read_text())
+    config_file = local
   return _configs([str(config_file)], gin_params)
 
 
@@ -49,11 +55,13 @@ def main(argv: list[str] | None = None) -> int:
                       help='HOST:PORT of process 0 in a multi-process run (automatic on a Cloud TPU slice)')
   parser.add_argument('--num_processes', type=int, default=None, help='processes in a multi-process run')
   parser.add_argument('--process_id', type=int, default=None, help="this process's index, 0 .. num_processes-1")
+  parser.add_argument('--distributed', action='store_true',
+                      help="join a multi-process run that JAX detects itself (every worker of a Cloud TPU slice)")
   args = parser.parse_args(argv)
   try:
     model_cfg, data_cfg, train_cfg, mesh_cfg = _configs(args.gin_file, args.gin_param)
     from block_recurrent import distributed  # pylint: disable=import-outside-toplevel
-    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id, auto=args.distributed)
     import jax  # pylint: disable=import-outside-toplevel
     from block_recurrent.train import loop  # heavy imports only once the config is known to be good
     lead = jax.process_index() == 0  # one process prints; every process trains and checkpoints

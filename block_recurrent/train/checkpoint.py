@@ -8,11 +8,18 @@ checkpoint is skipped with a warning in favour of the previous complete one.
 from __future__ import annotations
 
 import logging
-import pathlib
 
 import orbax.checkpoint as ocp
+from etils import epath
 
 from block_recurrent.configs import ConfigError
+
+
+def path(location) -> epath.Path:
+  """A workdir or checkpoint location: a local folder (made absolute) or a URL such as gs://bucket/run,
+  which Orbax, TensorBoard and the metrics writer all read and write through the same epath API."""
+  location = str(location)
+  return epath.Path(location) if '://' in location else epath.Path(location).resolve()
 
 
 class Checkpointer:
@@ -20,7 +27,7 @@ class Checkpointer:
   def __init__(self, directory, *, keep: int, every: int, create: bool = True):
     """create=False opens another run's checkpoints read-only in intent: nothing is made or deleted there
     (keep must then exceed the number of checkpoints, which only saving would enforce anyway)."""
-    self.directory = pathlib.Path(directory).resolve()
+    self.directory = path(directory)
     if create:
       try:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import pathlib
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -153,7 +152,7 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
           reset_optimizer: bool = False, config_text: str = '', echo=print) -> dict:
   # --- setup --------------------------------------------------------------------------------------
   s = setup(model_cfg, data_cfg, train_cfg, mesh_cfg)
-  workdir = pathlib.Path(workdir).resolve()
+  workdir = ckpt_lib.path(workdir)
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
@@ -285,7 +284,7 @@ def _padding_batch(rows: int, segment_length: int) -> segments.Batch:
 
 def _load_parameters(s: Setup, state, load_dir: str, reset_optimizer: bool, echo):
   """--load_dir: another run's newest parameters (and optimiser state unless reset); step 0, fresh carries."""
-  source = pathlib.Path(load_dir) / 'checkpoints'
+  source = ckpt_lib.path(load_dir) / 'checkpoints'
   if not source.is_dir():
     raise configs.ConfigError(f'--load_dir {load_dir} has no checkpoints folder: point it at a brt-train workdir')
   loader = ckpt_lib.Checkpointer(source, keep=1000, every=1, create=False)
@@ -304,7 +303,7 @@ def restore_workdir(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig
                     step: int | None = None):
   """(setup, step, train state) of a brt-train workdir's newest (or `step`) complete checkpoint."""
   s = setup(model_cfg, data_cfg, train_cfg, mesh_cfg)
-  directory = pathlib.Path(workdir) / 'checkpoints'
+  directory = ckpt_lib.path(workdir) / 'checkpoints'
   if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
     raise configs.ConfigError(f'{workdir} has no checkpoint: train it first with brt-train --workdir={workdir}')
   checkpointer = ckpt_lib.Checkpointer(directory, keep=1000, every=1, create=False)

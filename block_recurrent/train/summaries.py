@@ -11,17 +11,31 @@ import jax
 
 class MetricsWriter:
 
-  def __init__(self, workdir: pathlib.Path):
+  def __init__(self, workdir):
+    """workdir: a pathlib or epath Path (local, or a URL such as gs://...)."""
     self.enabled = jax.process_index() == 0
     self.workdir = workdir
-    self._jsonl = (workdir / 'metrics.jsonl').open('a') if self.enabled else None
+    self._local = '://' not in str(workdir)
+    self._jsonl = None
+    self._lines: list[str] = []  # object stores cannot append: the file is rewritten whole
+    if self.enabled:
+      path = workdir / 'metrics.jsonl'
+      if self._local:
+        self._jsonl = path.open('a')
+      elif path.exists():
+        self._lines = path.read_text().splitlines(keepends=True)
     self._writers: dict = {}
 
   def write(self, split: str, step: int, metrics: dict) -> None:
     if not self.enabled:
       return
-    self._jsonl.write(json.dumps({'split': split, 'step': step, **metrics}) + '\n')
-    self._jsonl.flush()
+    line = json.dumps({'split': split, 'step': step, **metrics}) + '\n'
+    if self._local:
+      self._jsonl.write(line)
+      self._jsonl.flush()
+    else:
+      self._lines.append(line)
+      (self.workdir / 'metrics.jsonl').write_text(''.join(self._lines))
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     if split not in self._writers:
       self._writers[split] = tf.summary.create_file_writer(str(self.workdir / 'tensorboard' / split))
@@ -36,7 +50,7 @@ class MetricsWriter:
     self._writers[split].flush()
 
   def close(self) -> None:
-    if self.enabled:
+    if self._jsonl is not None:
       self._jsonl.close()
       for w in self._writers.values():
         w.close()
