@@ -18,12 +18,17 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--layer_costs', action='store_true',
                       help='per-step FLOPs and state bytes of ReLiT, AReLiT and GTrXL (4 layers, d=128, 4x64 heads)')
   parser.add_argument('--memory', type=int, nargs='+', default=[128, 256, 512], help='GTrXL memories M')
+  parser.add_argument('--devices', type=int, default=0,
+                      help='plan per-device memory on this many devices, with the gin MeshConfig (gin/mesh/*.gin)')
+  parser.add_argument('--batch_size', type=int, default=0, help='rows for --devices (default: DataConfig.batch_size)')
   args = parser.parse_args(argv)
   if args.layer_costs:
     return _layer_costs(args.memory)
   cfg = ginconf.config_from_flags('brt-info', args)
   if cfg is None:
     return 2
+  if args.devices:
+    return _memory_plan(cfg, args)
   total = api.count_params(api.abstract_model(cfg))
   if cfg.sequence_layer != 'attention':
     kinds = [cfg.linear_kind(i) for i in range(cfg.total_layers)]
@@ -47,6 +52,28 @@ def main(argv: list[str] | None = None) -> int:
   print(f'total parameters: {total}')
   print(f'non-embedding parameters: {total - embedding}')
   print(f'training FLOPs per token: {flops.train_flops_per_token(cfg):.6g}')
+  return 0
+
+
+def _memory_plan(cfg, args) -> int:
+  """Per-device bytes of parameters, optimiser state and carry for the bound mesh on --devices."""
+  import gin  # pylint: disable=import-outside-toplevel
+  from block_recurrent import configs, memory  # pylint: disable=import-outside-toplevel
+  try:
+    train_cfg, mesh_cfg = ginconf.bound(configs.TrainConfig), ginconf.bound(configs.MeshConfig)
+    batch = args.batch_size
+    if not batch:
+      try:
+        batch = gin.query_parameter('configs.DataConfig.batch_size')
+      except ValueError:
+        batch = configs.DataConfig.batch_size
+    plan = memory.plan(cfg, train_cfg, batch, mesh_cfg, args.devices)
+  except configs.ConfigError as e:
+    print(f'brt-info: error: {e}', file=sys.stderr)
+    return 2
+  total = api.count_params(api.abstract_model(cfg))
+  print(f'parameters: {total:,} ({train_cfg.optimizer})')
+  print(memory.describe(plan, args.devices, batch))
   return 0
 
 

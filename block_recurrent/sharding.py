@@ -112,8 +112,8 @@ def _param_names(path, leaf) -> tuple[str | None, ...]:
 
 def param_shardings(mesh: Mesh, params, rules: dict = LOGICAL_RULES):
   """NamedShardings for a parameter pytree (an nnx.State of Params, or abstract shapes of one)."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, leaf: NamedSharding(mesh, spec(_param_names(path, leaf), leaf.shape, mesh, rules)), params)
+  return jax.tree.map(lambda p: NamedSharding(mesh, p), param_specs(mesh, params, rules),
+                      is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 def batch_sharding(mesh: Mesh, shape: Sequence[int], rules: dict = LOGICAL_RULES) -> NamedSharding:
@@ -123,10 +123,7 @@ def batch_sharding(mesh: Mesh, shape: Sequence[int], rules: dict = LOGICAL_RULES
 
 def carry_shardings(mesh: Mesh, carry, rules: dict = LOGICAL_RULES):
   """The carry: caches [B, W, H, D] over batch and heads, states [B, S, d] over batch and embed."""
-  def one(leaf):
-    names = {4: ('batch', None, 'heads', 'kv'), 3: ('batch', 'states', 'embed'), 1: ('batch',)}[leaf.ndim]
-    return NamedSharding(mesh, spec(names, leaf.shape, mesh, rules))
-  return jax.tree.map(one, carry)
+  return jax.tree.map(lambda leaf: NamedSharding(mesh, carry_spec(mesh, leaf, rules)), carry)
 
 
 def _path_keys(path) -> tuple:
@@ -137,10 +134,16 @@ def like_params(mesh: Mesh, tree, params, param_sh):
   """Shardings for optimiser state: a leaf whose path ends with a parameter's path and has its shape
   (Adam's moments, Adafactor's full-rank factors) is sharded as that parameter; anything else (step
   counts, factored row/column statistics) is replicated."""
+  return match_params(tree, params, param_sh, NamedSharding(mesh, PartitionSpec()))
+
+
+def match_params(tree, params, per_param, default):
+  """For each leaf of `tree`, the `per_param` entry of the parameter whose path its path ends with and
+  whose shape it has, else `default` (per_param: a pytree shaped like params, e.g. its shardings)."""
   by_path = {}
-  for (path, leaf), sh in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(param_sh)):
-    by_path[_path_keys(path)] = (tuple(leaf.shape), sh)
-  replicated = NamedSharding(mesh, PartitionSpec())
+  values = jax.tree.leaves(per_param, is_leaf=lambda x: isinstance(x, (NamedSharding, PartitionSpec)))
+  for (path, leaf), value in zip(jax.tree_util.tree_flatten_with_path(params)[0], values):
+    by_path[_path_keys(path)] = (tuple(leaf.shape), value)
 
   def one(path, leaf):
     keys = _path_keys(path)
@@ -148,6 +151,18 @@ def like_params(mesh: Mesh, tree, params, param_sh):
       hit = by_path.get(keys[start:])
       if hit is not None and hit[0] == tuple(leaf.shape):
         return hit[1]
-    return replicated
+    return default
 
   return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def param_specs(mesh, params, rules: dict = LOGICAL_RULES):
+  """PartitionSpecs of a parameter pytree; `mesh` needs only `.shape` (axis sizes), so planning for
+  hardware one does not have works (brt-info --devices)."""
+  return jax.tree_util.tree_map_with_path(lambda path, leaf: spec(_param_names(path, leaf), leaf.shape, mesh, rules),
+                                          params)
+
+
+def carry_spec(mesh, leaf, rules: dict = LOGICAL_RULES) -> PartitionSpec:
+  names = {4: ('batch', None, 'heads', 'kv'), 3: ('batch', 'states', 'embed'), 1: ('batch',)}[leaf.ndim]
+  return spec(names, leaf.shape, mesh, rules)
