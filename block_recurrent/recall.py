@@ -6,13 +6,13 @@
 Synthetic documents over a 64-token vocabulary: random filler tokens, a few facts `key value` stated
 together, and later queries `? key` whose next token is the fact's value. The gap G is the distance from
 the value to the position where the model must produce it again. Every model is trained from scratch on
-the same stream of one-segment documents (256 tokens, gaps up to ~250), with the loss on the answers only,
+the same stream of one-segment documents (128 tokens, gaps up to ~120), with the loss on the answers only,
 and then scored at each gap on longer documents read segment by segment with the carry passed on, as
 brt-eval reads a book. Chance is 1 / the number of values (6.25%).
 
-The models share a window of W = 32 tokens: Slide (blocks of 32 in segments of 256), XL (segments of
-32 with the previous segment cached), Rec:fixed:skip (Slide plus a recurrent layer with 32 states),
-ReLiT, AReLiT and GTrXL (M = 64, the attention span of Slide and XL); 3 layers of width 64, 2 heads of
+The models share a window of W = 16 tokens: Slide (blocks of 16 in segments of 128), XL (segments of
+16 with the previous segment cached), Rec:fixed:skip (Slide plus a recurrent layer with 16 states),
+ReLiT, AReLiT and GTrXL (M = 32, the attention span of Slide and XL); 3 layers of width 64, 2 heads of
 32. Each model's MLP width is chosen so that its non-embedding parameter count is within a few percent of
 ReLiT's with an MLP of 128 (the GRU gates of the linear models cost ~50k parameters a layer); the table
 prints the counts.
@@ -42,7 +42,8 @@ KEYS = np.arange(32, 40)  # 8 keys
 VALUES = np.arange(40, 56)  # 16 values: chance is 1/16
 QUERY = 56
 MODELS = ('slide', 'xl', 'rec', 'relit', 'arelit', 'gtrxl')
-TRAIN_LENGTH = 256
+WINDOW = 16  # W: every attention model sees at most 2W tokens back
+TRAIN_LENGTH = 128  # one segment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,16 +89,16 @@ def make_documents(rng: np.random.Generator, rows: int, length: int, task: Task,
 
 def base_config(kind: str, mlp_dim: int) -> configs.ModelConfig:
   common = dict(vocab_size=VOCAB, num_layers=3, d_model=64, num_heads=2, head_dim=32, mlp_dim=mlp_dim,
-                window=32, segment_length=TRAIN_LENGTH, dropout_rate=0.0, num_states=32,
+                window=WINDOW, segment_length=TRAIN_LENGTH, dropout_rate=0.0, num_states=WINDOW,
                 relative_max_distance=128)
   if kind == 'slide':
     return configs.ModelConfig(**common)
   if kind == 'xl':
-    return configs.ModelConfig(**dict(common, segment_length=32))
+    return configs.ModelConfig(**dict(common, segment_length=WINDOW))
   if kind == 'rec':
     return configs.ModelConfig(**common, recurrent_layers=(1,), gate='fixed', wiring='skip')
   if kind in ('relit', 'arelit', 'gtrxl'):
-    return configs.ModelConfig(**common, sequence_layer=kind, gtrxl_memory=64)
+    return configs.ModelConfig(**common, sequence_layer=kind, gtrxl_memory=2 * WINDOW)
   raise configs.ConfigError(f'unknown model {kind!r}: choose from {", ".join(MODELS)}')
 
 
@@ -162,12 +163,15 @@ class Trainer:
     right = (jnp.argmax(logits, -1) == tokens[:, 1:]) & mask[:, :-1]
     return jnp.sum(right, axis=1)
 
-  def train(self, rng, steps: int, batch: int, task: Task) -> list[float]:
+  def train(self, rng, steps: int, batch: int, task: Task, echo=None) -> list[float]:
     losses = []
-    for _ in range(steps):
+    t0 = time.perf_counter()
+    for i in range(steps):
       tokens, mask, _ = make_documents(rng, batch, TRAIN_LENGTH, task)
       self.params, self.opt_state, loss = self._step(self.params, self.opt_state, tokens, mask)
       losses.append(float(loss))
+      if echo and (i + 1) % max(steps // 5, 1) == 0:
+        echo(f'  step {i + 1}/{steps}: answer loss {np.mean(losses[-50:]):.3f} ({time.perf_counter() - t0:.0f}s)')
     return losses
 
   def accuracy(self, rng, gap: int, examples: int, length: int, task: Task, batch: int = 64) -> float:
@@ -189,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--models', nargs='+', default=list(MODELS), choices=MODELS)
   parser.add_argument('--gaps', type=int, nargs='+', default=[8, 16, 32, 64, 128, 256, 512, 1024])
   parser.add_argument('--steps', type=int, default=1500, help='training steps per model')
-  parser.add_argument('--batch', type=int, default=32, help='documents of 256 tokens per step')
+  parser.add_argument('--batch', type=int, default=16, help=f'documents of {TRAIN_LENGTH} tokens per step')
   parser.add_argument('--learning_rate', type=float, default=3e-3)
   parser.add_argument('--examples', type=int, default=256, help='scored queries per gap')
   parser.add_argument('--facts', type=int, default=2)
@@ -208,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = matched_config(kind, target)
     t0 = time.perf_counter()
     trainer = Trainer(cfg, args.learning_rate, args.steps, args.seed)
-    losses = trainer.train(np.random.default_rng(args.seed), args.steps, args.batch, task)
+    print(f'{kind}: training ({non_embedding_params(cfg):,} non-embedding parameters, MLP {cfg.mlp_dim})', flush=True)
+    losses = trainer.train(np.random.default_rng(args.seed), args.steps, args.batch, task,
+                           echo=lambda line: print(line, flush=True))
     train_s = time.perf_counter() - t0
     eval_rng = np.random.default_rng(args.seed + 1)  # the same test documents for every model
     acc = {g: trainer.accuracy(eval_rng, g, args.examples, length, task) for g in args.gaps}
@@ -218,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(row)
     print(f'{kind}: {row["params"]:,} non-embedding params, loss {row["final_loss"]:.3f}, '
           f'{train_s:.0f}s training; ' + ' '.join(f'G={g}:{100 * a:.0f}%' for g, a in acc.items()), flush=True)
-  print(f'\nRecall accuracy per gap (window 32, trained on 256-token documents, {args.steps} steps of '
+  print(f'\nRecall accuracy per gap (window {WINDOW}, trained on {TRAIN_LENGTH}-token documents, {args.steps} steps of '
         f'{args.batch}; chance {100 / len(VALUES):.2f}%; {args.examples} queries per gap)')
   print('| model | non-embedding params | ' + ' | '.join(f'G={g}' for g in args.gaps) + ' |')
   print('|---|---|' + '---|' * len(args.gaps))
@@ -239,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
   for row in rows:
     ax.plot(args.gaps, [100 * row['accuracy'][g] for g in args.gaps], marker='o', label=row['model'])
   ax.axhline(100 / len(VALUES), color='gray', linestyle=':', label='chance')
-  ax.axvline(64, color='gray', linestyle='--', linewidth=0.8, label='attention span (2W)')
+  ax.axvline(2 * WINDOW, color='gray', linestyle='--', linewidth=0.8, label='attention span (2W)')
   ax.set_xscale('log', base=2)
   ax.set_xlabel('gap G (tokens)')
   ax.set_ylabel('recall accuracy (%)')

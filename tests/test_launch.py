@@ -84,3 +84,22 @@ def test_bad_flags_fail_with_one_line(args, message):
   out = _run('train.sh', '--dry_run', *args)
   assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1
   assert out.stdout == ''
+
+
+def _aot(*args):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0',
+             JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, str(LAUNCH / 'aot_check.py'),
+                         '--gin_file=gin/experiments/tiny/rec_fixed_skip.gin', '--gin_file=gin/task/pg_mini_bytes.gin',
+                         '--gin_file=gin/mesh/fsdp.gin', *args], capture_output=True, text=True, env=env,
+                        timeout=300, cwd=LAUNCH.parent)
+
+
+def test_aot_check_compiles_for_local_devices_and_skips_tpu_without_libtpu():
+  local = _aot('--topology=local')
+  assert local.returncode == 0, local.stderr[-2000:]
+  assert 'compiled the train step for local (8 devices, cpu; mesh data=1 x fsdp=8 x model=1' in local.stdout
+  assert 'temporaries' in local.stdout and 'peak estimate per device' in local.stdout
+  tpu = _aot('--topology=v4-32')
+  assert tpu.returncode == 0, tpu.stderr[-2000:]
+  assert tpu.stdout.startswith('aot_check: skipped: this jaxlib cannot compile for TPU topology v4-32')

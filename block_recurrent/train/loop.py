@@ -63,12 +63,14 @@ class Setup(NamedTuple):
 
 
 def setup(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cfg: configs.TrainConfig,
-          mesh_cfg: configs.MeshConfig) -> Setup:
+          mesh_cfg: configs.MeshConfig, devices=None) -> Setup:
+  """devices: the mesh's devices (default all of jax.devices(); launch/aot_check.py passes a TPU
+  topology's abstract devices to compile for hardware that is not here)."""
   vocab = tasks.vocab_size(data_cfg.task, data_cfg.spm_path)
   if vocab > model_cfg.vocab_size:
     raise configs.ConfigError(f'task {data_cfg.task} has {vocab} token ids but the model has vocab_size '
                               f'{model_cfg.vocab_size}: pick a vocab/*.gin that matches the task')
-  mesh = sharding.make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.model)
+  mesh = sharding.make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.model, devices=devices)
   eval_batch = data_cfg.eval_batch_size or data_cfg.batch_size
   tx, schedule = optim.optimizer(train_cfg), optim.schedule(train_cfg)
   abstract_model = nnx.eval_shape(lambda: linear_lm.build(model_cfg, nnx.Rngs(0)))
@@ -103,6 +105,13 @@ def setup(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
 
 def _put(arrays: dict, shardings: dict) -> dict:
   return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in arrays.items()}
+
+
+def train_program(s: Setup, model_cfg: configs.ModelConfig):
+  """The jitted train step with the setup's shardings (state donated)."""
+  return jax.jit(lambda st, b: step_lib.train_step(s.graphdef, s.tx, s.schedule, st, b,
+                                                   dropout=model_cfg.dropout_rate > 0),
+                 in_shardings=(s.state_sh, s.batch_sh), out_shardings=(s.state_sh, None), donate_argnums=0)
 
 
 def eval_program(s: Setup):
@@ -179,9 +188,7 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
     if load_dir:
       state = _load_parameters(s, state, load_dir, reset_optimizer, echo)
 
-  train_fn = jax.jit(lambda st, b: step_lib.train_step(s.graphdef, s.tx, s.schedule, st, b,
-                                                        dropout=model_cfg.dropout_rate > 0),
-                     in_shardings=(s.state_sh, s.batch_sh), out_shardings=(s.state_sh, None), donate_argnums=0)
+  train_fn = train_program(s, model_cfg)
   eval_fn = eval_program(s)
 
   # --- loop ---------------------------------------------------------------------------------------
