@@ -166,3 +166,12 @@ def param_specs(mesh, params, rules: dict = LOGICAL_RULES):
 def carry_spec(mesh, leaf, rules: dict = LOGICAL_RULES) -> PartitionSpec:
   names = {4: ('batch', None, 'heads', 'kv'), 3: ('batch', 'states', 'embed'), 1: ('batch',)}[leaf.ndim]
   return spec(names, leaf.shape, mesh, rules)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  """Pins an activation's layout at a layer boundary (e.g. ('batch', None, None): rows over the batch
+  axes, the rest whole) when a mesh is in context (the trainer sets one); a no-op outside any mesh."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not set(MESH_AXES) <= set(mesh.shape):
+    return x
+  return jax.lax.with_sharding_constraint(x, spec(names, x.shape, mesh))

@@ -60,19 +60,21 @@ def test_mesh_must_use_every_device():
 def _strategy_run(mesh_cfg):
   """Two optimisation steps of the tiny recurrent model (4 heads, Adam) on 8 rows, under one mesh."""
   from block_recurrent import configs
-  from block_recurrent.train import loop, step as step_lib
+  from block_recurrent.train import loop
 
   model_cfg = helpers.config('rec_fixed_skip', num_heads=4, head_dim=8, mlp_dim=64, dropout_rate=0.0)
   data_cfg = configs.DataConfig(task='pg_mini_bytes', batch_size=8)
   train_cfg = configs.TrainConfig(optimizer='adamw', learning_rate=1e-2, warmup_steps=1)
   s = loop.setup(model_cfg, data_cfg, train_cfg, mesh_cfg)
   state = jax.jit(s.init, out_shardings=s.state_sh)()
-  train_fn = jax.jit(lambda st, b: step_lib.train_step(s.graphdef, s.tx, s.schedule, st, b, dropout=False),
-                     in_shardings=(s.state_sh, s.batch_sh), out_shardings=(s.state_sh, None))
+  train_fn = loop.train_program(s, model_cfg)
   toks = helpers.tokens(5, 8, model_cfg.segment_length + 1, vocab=256)
   batch = {'inputs': toks[:, :-1], 'targets': toks[:, 1:], 'mask': np.ones((8, model_cfg.segment_length), bool),
            'start': np.array([True] * 8), 'num_bytes': np.full((8,), model_cfg.segment_length, np.int32)}
   placed = {k: jax.device_put(v, s.batch_sh[k]) for k, v in batch.items()}
+  hlo = train_fn.lower(state, placed).as_text()
+  # activations are pinned at every layer boundary (forward, and the transposed constraint backward)
+  assert hlo.count('sharding_constraint') >= 2 * model_cfg.num_layers, hlo.count('sharding_constraint')
   losses = []
   for _ in range(2):
     state, metrics = train_fn(state, placed)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from block_recurrent import sharding
 from block_recurrent.configs import ConfigError, ModelConfig
 from block_recurrent.model import gtrxl, layers, linear_recurrent as lr
 
@@ -83,6 +84,7 @@ class LinearLanguageModel(nnx.Module):
     for kind, block, state in zip(self.kinds, self.blocks, carry.states):
       kw = {} if kind == 'gtrxl' else {'form': 'step'} if length == 1 else {}
       x, state = block(x, state, reset, **kw)
+      x = sharding.constrain(x, ('batch', None, None))
       states.append(state)
     y = self.final_norm(x)
     logits = jnp.einsum('btd,vd->btv', y, self.embed[...]) / math.sqrt(cfg.d_model)

@@ -17,11 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from block_recurrent import sharding
 from block_recurrent.configs import ConfigError, ModelConfig
 from block_recurrent.model import blocks, carry as carry_lib, layers, transformer
 
 Array = jax.Array
 Carry = carry_lib.Carry
+
+
+ACTIVATIONS = ('batch', None, None)  # [B, N, d] between layers: rows split, the rest whole
 
 
 class LanguageModel(nnx.Module):
@@ -151,6 +155,7 @@ class LanguageModel(nnx.Module):
       if cfg.remat != 'none':
         run = jax.checkpoint(run, policy=blocks.REMAT_POLICIES[cfg.remat])
       x_BxNxD, k, v, s = run(x_BxNxD, carry.keys[i], carry.values[i], None if r is None else carry.states[r])
+      x_BxNxD = sharding.constrain(x_BxNxD, ACTIVATIONS)
       new_k.append(k)
       new_v.append(v)
       if r is not None:

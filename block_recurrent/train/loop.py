@@ -109,14 +109,19 @@ def _put(arrays: dict, shardings: dict) -> dict:
 
 def train_program(s: Setup, model_cfg: configs.ModelConfig):
   """The jitted train step with the setup's shardings (state donated)."""
-  return jax.jit(lambda st, b: step_lib.train_step(s.graphdef, s.tx, s.schedule, st, b,
-                                                   dropout=model_cfg.dropout_rate > 0),
-                 in_shardings=(s.state_sh, s.batch_sh), out_shardings=(s.state_sh, None), donate_argnums=0)
+  def step(state, batch):
+    with jax.sharding.use_abstract_mesh(s.mesh.abstract_mesh):  # layer-boundary constraints see the mesh
+      return step_lib.train_step(s.graphdef, s.tx, s.schedule, state, batch, dropout=model_cfg.dropout_rate > 0)
+
+  return jax.jit(step, in_shardings=(s.state_sh, s.batch_sh), out_shardings=(s.state_sh, None), donate_argnums=0)
 
 
 def eval_program(s: Setup):
-  return jax.jit(lambda st, b: step_lib.eval_step(s.graphdef, st, b), in_shardings=(s.state_sh, s.eval_batch_sh),
-                 out_shardings=(s.state_sh, None), donate_argnums=0)
+  def step(state, batch):
+    with jax.sharding.use_abstract_mesh(s.mesh.abstract_mesh):
+      return step_lib.eval_step(s.graphdef, state, batch)
+
+  return jax.jit(step, in_shardings=(s.state_sh, s.eval_batch_sh), out_shardings=(s.state_sh, None), donate_argnums=0)
 
 
 def evaluate(s: Setup, eval_fn, state: step_lib.TrainState, docs, segment_length: int, max_segments: int = 0,
