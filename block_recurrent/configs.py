@@ -8,6 +8,7 @@ one line naming the field and what to do.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 GATES = ('fixed', 'lstm')
 WIRINGS = ('skip', 'dual', 'single')
@@ -66,6 +67,7 @@ class ModelConfig:
   relit_gating: str = 'separable'  # or 'reference'
   relit_chunk: int = 16  # positions per chunk of separable ReLiT's training form
   arelit_rank: int = 2
+  relit_gate_bias: float | None = None  # None: the paper's bias-free gates; else learned gate biases from this
   arelit_mode: str = 'fixed'  # or 'faithful'
   gtrxl_memory: int = 128
 
@@ -104,6 +106,9 @@ class ModelConfig:
       for name in ('relit_eta', 'relit_chunk', 'arelit_rank', 'gtrxl_memory'):
         _check(isinstance(getattr(self, name), int) and getattr(self, name) > 0,
                f'ModelConfig.{name} must be a positive integer, got {getattr(self, name)!r}')
+      _check(self.relit_gate_bias is None or (isinstance(self.relit_gate_bias, (int, float))
+                                              and math.isfinite(self.relit_gate_bias)),
+             f'ModelConfig.relit_gate_bias must be None or a finite number, got {self.relit_gate_bias!r}')
       _check(not self.recurrent_layers, f'recurrent_layers belong to the attention family; with '
              f'sequence_layer={self.sequence_layer!r} leave them empty')
       _check(self.dropout_rate == 0.0, f'sequence_layer={self.sequence_layer!r} has no dropout: set '

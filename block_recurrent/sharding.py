@@ -57,6 +57,8 @@ PARAM_AXES: dict[tuple[str, int], tuple[str | None, ...]] = {
     ('u', 3): ('embed', None, None),
     ('rel', 3): ('embed', 'heads', 'kv'),
     ('u', 2): ('heads', 'kv'),
+    ('gate_bias', 3): (None, 'heads', 'kv'),
+    ('p3_bias', 2): ('heads', None),
     ('v', 2): ('heads', 'kv'),
 }
 

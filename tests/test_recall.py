@@ -53,12 +53,12 @@ def test_models_are_matched_within_three_percent():
 
 def test_command_trains_scores_and_writes(tmp_path, capsys):
   out = tmp_path / 'recall'
-  assert recall.main(['--models', 'slide', 'arelit', '--steps', '3', '--batch', '4', '--gaps', '4', '300',
+  assert recall.main(['--models', 'xl', '--steps', '3', '--batch', '4', '--gaps', '4', '200',
                       '--examples', '64', '--out', str(out)]) == 0
   printed = capsys.readouterr().out
-  assert '| slide |' in printed and '| arelit |' in printed and 'G=300' in printed
+  assert '| xl |' in printed and 'G=200' in printed
   rows = json.loads(out.with_suffix('.json').read_text())
-  assert [r['model'] for r in rows] == ['slide', 'arelit']
+  assert [r['model'] for r in rows] == ['xl']
   for r in rows:
-    assert set(r['accuracy']) == {'4', '300'} and all(0.0 <= a <= 1.0 for a in r['accuracy'].values())
+    assert set(r['accuracy']) == {'4', '200'} and all(0.0 <= a <= 1.0 for a in r['accuracy'].values())
     assert np.isfinite(r['final_loss'])

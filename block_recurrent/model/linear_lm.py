@@ -37,9 +37,11 @@ def sequence_layer(cfg: ModelConfig, kind: str, rngs: nnx.Rngs):
   """The ReLiT, AReLiT or GTrXL layer of kind `kind` with the config's sizes and options."""
   d, h, hd = cfg.d_model, cfg.num_heads, cfg.head_dim
   if kind == 'relit':
-    return lr.ReLiT(d, h, hd, cfg.relit_eta, rngs, gating=cfg.relit_gating, chunk=cfg.relit_chunk)
+    return lr.ReLiT(d, h, hd, cfg.relit_eta, rngs, gating=cfg.relit_gating, chunk=cfg.relit_chunk,
+                    gate_bias=cfg.relit_gate_bias)
   if kind == 'arelit':
-    return lr.AReLiT(d, h, hd, cfg.relit_eta, cfg.arelit_rank, rngs, mode=cfg.arelit_mode)
+    return lr.AReLiT(d, h, hd, cfg.relit_eta, cfg.arelit_rank, rngs, mode=cfg.arelit_mode,
+                     gate_bias=cfg.relit_gate_bias)
   return gtrxl.GTrXLAttention(d, h, hd, cfg.gtrxl_memory, rngs, mask='step')
 
 

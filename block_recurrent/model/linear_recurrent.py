@@ -50,11 +50,19 @@ class AReLiTState(NamedTuple):
 class _Features(nnx.Module):
   """The projections both layers share: phi(k), phi(q), v, beta and gamma for every head."""
 
-  def __init__(self, d_model: int, num_heads: int, head_dim: int, eta: int, rngs: nnx.Rngs):
+  def __init__(self, d_model: int, num_heads: int, head_dim: int, eta: int, rngs: nnx.Rngs,
+               gate_bias: float | None = None):
+    """gate_bias: None (the paper: no biases in the gates) or the initial value of learned biases added
+    before the sigmoids of beta, g and p3; a negative value starts every gate nearly shut, so the state
+    keeps what it holds over long spans from the first update (our option, not the paper's)."""
     self.num_heads, self.head_dim, self.eta = num_heads, head_dim, eta
     self.kqv = layers.variance_scaling(rngs, (d_model, 5, num_heads, head_dim), in_axis=0)  # k q v beta g
     self.p = layers.variance_scaling(rngs, (d_model, 3, num_heads, eta), in_axis=0)  # p1 p2 p3
     self.out = layers.variance_scaling(rngs, (num_heads, head_dim, d_model), in_axis=(0, 1))
+    self.biased = gate_bias is not None
+    if self.biased:
+      self.gate_bias = nnx.Param(jnp.full((2, num_heads, head_dim), gate_bias, jnp.float32))  # beta, g
+      self.p3_bias = nnx.Param(jnp.full((num_heads, eta), gate_bias, jnp.float32))
 
   def __call__(self, x_BxTxD: Array):
     x = x_BxTxD.astype(jnp.float32)
@@ -63,6 +71,11 @@ class _Features(nnx.Module):
     outer = lambda a, c: (a[..., :, None] * c[..., None, :]).reshape(a.shape[:-1] + (-1,))  # eta-major
     phi_k = outer(jax.nn.relu(p1), jax.nn.relu(k))
     phi_q = outer(jax.nn.relu(p2), jax.nn.relu(q))
+    if self.biased:
+      bias = self.gate_bias[...]
+      b = b + bias[0][:, None, :]
+      g = g + bias[1][:, None, :]
+      p3 = p3 + self.p3_bias[...][:, None, :]
     gamma = outer(jax.nn.sigmoid(p3), jax.nn.sigmoid(g))
     return phi_k, phi_q, v, jax.nn.sigmoid(b), gamma
 
@@ -91,11 +104,11 @@ def _linear_scan(decay, update, initial):
 class ReLiT(nnx.Module):
 
   def __init__(self, d_model: int, num_heads: int, head_dim: int, eta: int, rngs: nnx.Rngs, *,
-               gating: str = 'separable', chunk: int = 16):
+               gating: str = 'separable', chunk: int = 16, gate_bias: float | None = None):
     if gating not in ('separable', 'reference'):
       raise ValueError(f"ReLiT gating must be 'separable' or 'reference', got {gating!r}")
     self.gating, self.chunk = gating, chunk
-    self.features = _Features(d_model, num_heads, head_dim, eta, rngs)
+    self.features = _Features(d_model, num_heads, head_dim, eta, rngs, gate_bias)
 
   def init_state(self, batch: int) -> ReLiTState:
     f = self.features
@@ -205,12 +218,12 @@ def _relit_chunked(phi_k, phi_q, v, beta, gamma, keep, state, chunk):
 class AReLiT(nnx.Module):
 
   def __init__(self, d_model: int, num_heads: int, head_dim: int, eta: int, rank: int, rngs: nnx.Rngs, *,
-               mode: str = 'fixed'):
+               mode: str = 'fixed', gate_bias: float | None = None):
     if mode not in ('fixed', 'faithful'):
       raise ValueError(f"AReLiT mode must be 'fixed' or 'faithful', got {mode!r}")
     self.mode, self.rank = mode, rank
     self.period = 2 * (rank + 1)  # of the fixed mode's frequencies 2 pi k / period, k = 1..rank
-    self.features = _Features(d_model, num_heads, head_dim, eta, rngs)
+    self.features = _Features(d_model, num_heads, head_dim, eta, rngs, gate_bias)
 
   def omegas(self) -> np.ndarray:
     if self.mode == 'faithful':

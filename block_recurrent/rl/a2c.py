@@ -35,6 +35,7 @@ class A2CConfig:
   eta: int = 2
   rank: int = 2
   memory: int = 32  # GTrXL's M
+  gate_bias: float | None = None  # ReLiT/AReLiT: learned gate biases starting here (None: the paper's)
   window: int = 8  # the BRT cell's block length W
   states: int = 8  # the BRT cell's recurrent states S
   num_envs: int = 8
@@ -103,7 +104,8 @@ class Policy(nnx.Module):
     else:
       model_cfg = configs.ModelConfig(d_model=cfg.d_model, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
                                       mlp_dim=4 * cfg.d_model, sequence_layer=cfg.core, relit_eta=cfg.eta,
-                                      arelit_rank=cfg.rank, gtrxl_memory=cfg.memory, dropout_rate=0.0)
+                                      arelit_rank=cfg.rank, gtrxl_memory=cfg.memory, dropout_rate=0.0,
+                                      relit_gate_bias=cfg.gate_bias)
       self.core = lr.GatedBlock(linear_lm.sequence_layer(model_cfg, cfg.core, rngs),
                                 cfg.d_model, 4 * cfg.d_model, rngs)
     self.pi = layers.variance_scaling(rngs, (cfg.d_model, tmaze.NUM_ACTIONS), in_axis=0, scale=0.01)

@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--rollout', type=int, default=64, help='steps per environment per update')
   parser.add_argument('--memory', type=int, default=32, help="GTrXL's memory M")
   parser.add_argument('--learning_rate', type=float, default=1e-3)
+  parser.add_argument('--gate_bias', type=float, default=None,
+                      help='ReLiT/AReLiT: learned gate biases starting at this value (default: none, as the paper)')
   parser.add_argument('--out', default='results/tmaze')
   args = parser.parse_args(argv)
   for name in ('updates', 'envs', 'rollout', 'memory'):
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
   if min(args.lengths + args.curriculum) < 2:
     parser.error('corridor lengths must be at least 2')
   base = a2c.A2CConfig(memory=args.memory, num_envs=args.envs, rollout=args.rollout,
-                       learning_rate=args.learning_rate)
+                       learning_rate=args.learning_rate, gate_bias=args.gate_bias)
   rows = []
   for core in args.cores:
     for length in args.lengths:
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
       print(f'{core} L={length}: {100 * r["success"]:.0f}% of {r["episodes"]} episodes ({r["timeouts"]} timed out), '
             f'{r["env_steps"]:,} env steps, {r["seconds"]:.0f}s', flush=True)
   budget = (f'{args.envs} envs x {args.rollout} steps per update, {args.updates} updates at each length'
-            + (f' after {args.curriculum_updates} at each of {args.curriculum} below it' if args.curriculum else ''))
+            + (f' after {args.curriculum_updates} at each of {args.curriculum} below it' if args.curriculum else '')
+            + (f'; ReLiT/AReLiT gate biases from {args.gate_bias}' if args.gate_bias is not None else ''))
   print(f'\nT-Maze success rate over the last quarter of training ({budget})')
   print('| core | ' + ' | '.join(f'L={n}' for n in args.lengths) + ' |')
   print('|---|' + '---|' * len(args.lengths))

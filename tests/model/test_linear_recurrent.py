@@ -31,6 +31,8 @@ LAYERS = {
     'relit_reference': lambda: lr.ReLiT(D, H, DH, 2, nnx.Rngs(0), gating='reference'),
     'arelit_fixed': lambda: lr.AReLiT(D, H, DH, 3, 2, nnx.Rngs(0), mode='fixed'),
     'arelit_faithful': lambda: lr.AReLiT(D, H, DH, 3, 2, nnx.Rngs(0), mode='faithful'),
+    'relit_gate_bias': lambda: lr.ReLiT(D, H, DH, 2, nnx.Rngs(0), gating='separable', chunk=8, gate_bias=-3.0),
+    'arelit_gate_bias': lambda: lr.AReLiT(D, H, DH, 3, 2, nnx.Rngs(0), mode='fixed', gate_bias=-3.0),
     'gtrxl_step_mask': lambda: _Formless(gtrxl.GTrXLAttention(D, H, DH, 6, nnx.Rngs(0), mask='step')),
 }
 
@@ -149,3 +151,16 @@ def test_step_costs_count_state_bytes_exactly_and_grow_with_gtrxl_memory():
   small, large = costs.step_cost('gtrxl', memory=16, **size), costs.step_cost('gtrxl', memory=64, **size)
   assert large['state_bytes'] == 2 * (2 * 64 * 2 * 16 * 4 + 64)  # keys, values, validity of M=64 tokens
   assert large['flops'] > small['flops'] > 0 and arelit['flops'] > 0
+
+
+def test_gate_bias_starts_the_gates_nearly_shut_and_is_learned():
+  plain = lr.AReLiT(D, H, DH, 3, 2, nnx.Rngs(0))
+  biased = lr.AReLiT(D, H, DH, 3, 2, nnx.Rngs(0), gate_bias=-3.0)
+  _, _, _, beta0, gamma0 = plain.features(_x(3))
+  _, _, _, beta, gamma = biased.features(_x(3))
+  assert float(beta0.mean()) > 0.3 and float(beta.mean()) < 0.1  # sigmoid(-3) = 0.047
+  assert float(gamma.mean()) < 0.01 < float(gamma0.mean())  # a product of two gates
+  params = nnx.state(biased, nnx.Param)
+  grads = jax.grad(lambda p: jnp.sum(nnx.merge(nnx.graphdef(biased), p)(
+      _x(4), biased.init_state(B), jnp.asarray(_resets()))[0] ** 2))(params)
+  assert float(jnp.abs(grads['features']['gate_bias'][...]).max()) > 0
