@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import pathlib
 import time
 
 import jax
@@ -33,7 +31,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from block_recurrent import configs
+from block_recurrent import configs, plots
 from block_recurrent.model import linear_lm
 
 VOCAB = 64
@@ -231,29 +229,18 @@ def main(argv: list[str] | None = None) -> int:
   for row in rows:
     print(f'| {row["model"]} | {row["params"]:,} | '
           + ' | '.join(f'{100 * row["accuracy"][g]:.0f}%' for g in args.gaps) + ' |')
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.with_suffix('.json').write_text(json.dumps(rows, indent=1))
-  try:
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    print(f'wrote {out.with_suffix(".json")}; no plot: pip install -e ".[bench]" for matplotlib')
-    return 0
-  fig, ax = plt.subplots(figsize=(6, 3.8))
-  for row in rows:
-    ax.plot(args.gaps, [100 * row['accuracy'][g] for g in args.gaps], marker='o', label=row['model'])
-  ax.axhline(100 / len(VALUES), color='gray', linestyle=':', label='chance')
-  ax.axvline(2 * WINDOW, color='gray', linestyle='--', linewidth=0.8, label='attention span (2W)')
-  ax.set_xscale('log', base=2)
-  ax.set_xlabel('gap G (tokens)')
-  ax.set_ylabel('recall accuracy (%)')
-  ax.set_title('Long-range recall')
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(out.with_suffix('.png'), dpi=120)
-  print(f'wrote {out.with_suffix(".png")} and {out.with_suffix(".json")}')
+  def draw(ax):
+    for row in rows:
+      ax.plot(args.gaps, [100 * row['accuracy'][g] for g in args.gaps], marker='o', label=row['model'])
+    ax.axhline(100 / len(VALUES), color='gray', linestyle=':', label='chance')
+    ax.axvline(2 * WINDOW, color='gray', linestyle='--', linewidth=0.8, label='attention span (2W)')
+    ax.set_xscale('log', base=2)
+    ax.set_xlabel('gap G (tokens)')
+    ax.set_ylabel('recall accuracy (%)')
+    ax.set_title('Long-range recall')
+    ax.legend(fontsize=7)
+
+  plots.save(args.out, rows, draw, figsize=(6, 3.8))
   return 0
 
 

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import pathlib
 import time
 
 import numpy as np
 
+from block_recurrent import plots
 from block_recurrent.rl import a2c, tmaze
 
 
@@ -93,28 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     cells = [r for r in rows if r['core'] == core]
     print(f'| {core} | ' + ' | '.join(f'{100 * r["success"]:.0f}% ({r["episodes"]} ep, {r["seconds"]:.0f}s)'
                                        for r in cells) + ' |')
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.with_suffix('.json').write_text(json.dumps(rows, indent=1))
-  try:
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    print(f'wrote {out.with_suffix(".json")}; no plot: pip install -e ".[bench]" for matplotlib')
-    return 0
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  for core in args.cores:
-    cells = [r for r in rows if r['core'] == core]
-    ax.plot([r['length'] for r in cells], [100 * r['success'] for r in cells], marker='o', label=core)
-  ax.axhline(50, color='gray', linestyle=':', label='chance')
-  ax.set_xlabel('corridor length')
-  ax.set_ylabel('success rate (%)')
-  ax.set_title('T-Maze memory diagnostic')
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(out.with_suffix('.png'), dpi=120)
-  print(f'wrote {out.with_suffix(".png")} and {out.with_suffix(".json")}')
+  def draw(ax):
+    for core in args.cores:
+      cells = [r for r in rows if r['core'] == core]
+      ax.plot([r['length'] for r in cells], [100 * r['success'] for r in cells], marker='o', label=core)
+    ax.axhline(50, color='gray', linestyle=':', label='chance')
+    ax.set_xlabel('corridor length')
+    ax.set_ylabel('success rate (%)')
+    ax.set_title('T-Maze memory diagnostic')
+    ax.legend()
+
+  plots.save(args.out, rows, draw)
   return 0
 
 

@@ -56,3 +56,19 @@ def test_brt_cell_token_form_is_the_block_form_with_resets_anywhere():
   np.testing.assert_allclose(out[1, :3], whole[1, :3], atol=1e-5)  # before the reset, as row 0's form
   np.testing.assert_allclose(out[1, 3:], after[0], atol=1e-5)
   assert float(jnp.max(jnp.abs(out[1, 3:2 * w] - whole[1, 3:]))) > 1e-3  # the reset mattered
+
+
+def test_diagnostic_command_runs_a_curriculum_and_writes_its_table(tmp_path, capsys):
+  import json
+
+  from block_recurrent.rl import diagnostic
+
+  out = tmp_path / 'tmaze'
+  assert diagnostic.main(['--cores', 'mlp', '--lengths', '6', '--updates', '2', '--curriculum', '3', '6', '9',
+                          '--curriculum_updates', '1', '--envs', '2', '--rollout', '8', '--out', str(out)]) == 0
+  printed = capsys.readouterr().out
+  assert '| mlp |' in printed and 'after 1 at each of [3, 6, 9] below it' in printed
+  (row,) = json.loads(out.with_suffix('.json').read_text())
+  assert row['curriculum'] == [3] and row['env_steps'] == (1 + 2) * 2 * 8  # only lengths below the final one
+  with pytest.raises(SystemExit):
+    diagnostic.main(['--lengths', '1'])
