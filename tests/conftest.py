@@ -12,3 +12,21 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for `import helpers`
+
+# The longest modules first: with `-n 2 --dist loadfile` each module runs whole on one worker in
+# collection order, so starting the long ones early keeps both workers busy to the end.
+_LONG_FIRST = ('train/test_loop.py', 'train/test_multiprocess.py', 'model/test_linear_lm.py', 'rl/test_a2c.py',
+               'test_sharding.py', 'model/test_decode.py', 'model/test_linear_recurrent.py')
+
+
+def pytest_collection_modifyitems(session, config, items):
+  del session, config
+
+  def rank(item):
+    path = str(item.fspath).replace(os.sep, '/')
+    for i, name in enumerate(_LONG_FIRST):
+      if path.endswith('tests/' + name):
+        return i
+    return len(_LONG_FIRST)
+
+  items.sort(key=rank)  # stable: the order within a module and among the rest is kept

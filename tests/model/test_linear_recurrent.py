@@ -31,7 +31,6 @@ LAYERS = {
     'relit_reference': lambda: lr.ReLiT(D, H, DH, 2, nnx.Rngs(0), gating='reference'),
     'arelit_fixed': lambda: lr.AReLiT(D, H, DH, 3, 2, nnx.Rngs(0), mode='fixed'),
     'arelit_faithful': lambda: lr.AReLiT(D, H, DH, 3, 2, nnx.Rngs(0), mode='faithful'),
-    'relit_gate_bias': lambda: lr.ReLiT(D, H, DH, 2, nnx.Rngs(0), gating='separable', chunk=8, gate_bias=-3.0),
     'arelit_gate_bias': lambda: lr.AReLiT(D, H, DH, 3, 2, nnx.Rngs(0), mode='fixed', gate_bias=-3.0),
     'gtrxl_step_mask': lambda: _Formless(gtrxl.GTrXLAttention(D, H, DH, 6, nnx.Rngs(0), mask='step')),
 }
