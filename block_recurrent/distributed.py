@@ -47,8 +47,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
       raise ConfigError(f'--coordinator_address {coordinator_address!r} must be HOST:PORT')
     if num_processes == 1:
       return False
-    if jax.config.jax_platforms in (None, '', 'cpu') or 'cpu' in str(jax.config.jax_platforms):
-      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU devices only; TPUs use ICI
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id)
     return True
