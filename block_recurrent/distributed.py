@@ -14,6 +14,10 @@ from __future__ import annotations
 import json
 import os
 
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
 from block_recurrent.configs import ConfigError
 
 
@@ -29,7 +33,6 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
   auto (brt-train --distributed, what launch/train.sh passes): let JAX find the cluster itself (Cloud
   TPU metadata, SLURM, ...). Must run before anything touches a JAX device."""
-  import jax  # pylint: disable=import-outside-toplevel
   explicit = (coordinator_address, num_processes, process_id)
   if auto and any(v is not None for v in explicit):
     raise ConfigError('--distributed finds the cluster itself: drop --coordinator_address, --num_processes '
@@ -59,21 +62,15 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
 def all_true(flag: bool) -> bool:
   """Whether `flag` holds on every process (each process passes its own)."""
-  import jax  # pylint: disable=import-outside-toplevel
   if jax.process_count() == 1:
     return bool(flag)
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   return bool(np.all(multihost_utils.process_allgather(np.array([bool(flag)], np.int32))))
 
 
 def gather_json(value) -> list:
   """Every process's JSON-serialisable `value`, in process order, on every process."""
-  import jax  # pylint: disable=import-outside-toplevel
   if jax.process_count() == 1:
     return [value]
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   raw = np.frombuffer(json.dumps(value).encode(), np.uint8)
   lengths = multihost_utils.process_allgather(np.array([raw.size], np.int32)).reshape(-1)
   padded = np.zeros(int(lengths.max()), np.uint8)
