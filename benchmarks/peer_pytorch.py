@@ -1,0 +1,305 @@
+"""Training throughput of our Block-Recurrent model beside the PyTorch port (block-recurrent-transformer-pytorch 0.4.4).
+
+    bash benchmarks/install_peer.sh .venv      # once: CPU torch 2.13.0 and the port, into the project venv
+    .venv/bin/python benchmarks/peer_pytorch.py [--rounds 5 --steps 5 --batch 4 --threads 2] [--full]
+
+Both models get the same shape: config S of shared/design/peers.md by default (6 layers, d=256, 8 heads x 32,
+MLP 1024, window = block 128, segment 512, 128 states, one recurrent layer at index -3 = the port's layer 4,
+batch 4 = 2048 tokens per step); `--full` gives config M (d=512, 8 x 64, MLP 2048, window 256, segment 1024,
+256 states), and each dimension has its own flag. A training step is forward, backward and an Adam update of
+one segment, with the XL cache and the recurrent state carried on to the next segment in both. Each round
+times `--steps` steps of each model in turn (the order alternating between rounds), so that the machine's load
+hits both alike; the ratio ours / port is taken within a round. The load average is recorded before, during
+and after: torch on 2 threads slows far more than XLA when another process competes for the cores.
+
+The two are not the same architecture (printed under the table): the port has single-head keys/values, a
+gated (GEGLU) FFN sized 2/3 of ff_mult*d per half, rotary (xpos) positions, a causal mask over the previous
+block plus the current one, bias-less LayerNorm and an untied output layer; ours has multi-head keys/values,
+a ReLU FFN, T5 relative position biases, L2-normalised keys/queries with learned temperatures, a sliding
+window of exactly W previous tokens, RMSNorm and a tied output embedding.
+
+Writes results/peer_pytorch.json (raw numbers) and results/peer_pytorch.png (tokens/s per round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from block_recurrent import api, ginconf
+
+GIN_FILE = 'gin/experiments/small/rec_fixed_skip.gin'
+CONFIGS = {  # shared/design/peers.md
+    'S': dict(layers=6, d_model=256, heads=8, head_dim=32, mlp_dim=1024, window=128, segment=512, states=128),
+    'M': dict(layers=6, d_model=512, heads=8, head_dim=64, mlp_dim=2048, window=256, segment=1024, states=256),
+}
+OURS, PORT = 'ours (JAX/Flax)', 'port (PyTorch 0.4.4)'
+
+
+def port_layer(index: int, layers: int) -> int:
+  """Our 0-based (possibly negative) layer index as the port's 1-based one: -3 of 6 -> 4."""
+  return (index % layers) + 1
+
+
+def build_ours(a, batch):
+  """(run(steps), parameter count, config) of our model; Adam (or Adafactor) on the whole pytree, jitted."""
+  bindings = ['configs.ModelConfig.dropout_rate = 0.0',
+              f'configs.ModelConfig.num_layers = {a.layers}',
+              f'configs.ModelConfig.d_model = {a.d_model}',
+              f'configs.ModelConfig.num_heads = {a.heads}',
+              f'configs.ModelConfig.head_dim = {a.head_dim}',
+              f'configs.ModelConfig.mlp_dim = {a.mlp_dim}',
+              f'configs.ModelConfig.window = {a.window}',
+              f'configs.ModelConfig.segment_length = {a.segment}',
+              f'configs.ModelConfig.num_states = {a.states}',
+              f'configs.ModelConfig.recurrent_layers = ({a.recurrent_layer},)',
+              *a.gin_param]
+  cfg = ginconf.model_config([GIN_FILE], bindings)
+  model = api.build_model(config=cfg, seed=0)
+  n_params = api.count_params(model)
+  graphdef, params = nnx.split(model)
+  if a.our_optimizer == 'adam':
+    optimizer = optax.adam(a.lr)
+  else:  # what benchmarks/train_throughput.py and our training use
+    optimizer = optax.adafactor(1e-2, decay_rate=0.8, momentum=0.9, multiply_by_parameter_scale=True)
+  opt_state = optimizer.init(params)
+  start = jnp.zeros(batch, bool)
+
+  @jax.jit
+  def step(params, opt_state, tokens, carry):
+    def loss_fn(p):
+      logits, new_carry = nnx.merge(graphdef, p)(tokens, carry, start)
+      nll = -jnp.take_along_axis(jax.nn.log_softmax(logits[:, :-1]), tokens[:, 1:, None], -1)
+      return jnp.mean(nll), new_carry
+    (loss, carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, carry, loss
+
+  state = [params, opt_state, model.init_carry(batch)]
+  # Bytes shifted past the 4 reserved ids of our byte vocabulary (260 ids).
+  tokens = jnp.asarray(np.random.default_rng(0).integers(4, 260, (batch, a.segment)).astype(np.int32))
+
+  def run(steps):
+    loss = None
+    for _ in range(steps):
+      state[0], state[1], state[2], loss = step(state[0], state[1], tokens, state[2])
+    return float(jax.block_until_ready(loss))
+
+  return run, n_params, cfg
+
+
+def build_port(a, batch):
+  """(run(steps), parameter count, constructor kwargs) of the port; eager PyTorch, torch.optim.Adam."""
+  import torch
+  from block_recurrent_transformer_pytorch import BlockRecurrentTransformer
+
+  torch.manual_seed(0)
+  kwargs = dict(
+      num_tokens=256,
+      dim=a.d_model,
+      depth=a.layers,
+      dim_head=a.head_dim,
+      heads=a.heads,  # query heads; keys and values have a single head of dim_head, shared by all of them
+      ff_mult=a.mlp_dim / a.d_model,  # GEGLU of inner width int(2/3 * ff_mult * dim): ~ the parameters of our MLP
+      max_seq_len=a.segment,  # one forward = one segment, split into blocks of block_width
+      block_width=a.window,
+      num_state_vectors=a.states,
+      recurrent_layers=(port_layer(a.recurrent_layer, a.layers),),  # 1-based
+      use_flash_attn=a.port_flash,  # default False: the port's own einsum attention
+  )
+  model = BlockRecurrentTransformer(**kwargs)
+  model.train()
+  n_params = sum(p.numel() for p in model.parameters())
+  optimizer = torch.optim.Adam(model.parameters(), lr=a.lr)
+  # segment + 1 tokens: forward(return_loss=True) predicts x[:, 1:] from x[:, :-1], i.e. `segment` targets.
+  tokens = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (batch, a.segment + 1))).long()
+  # XL memories and states: the port returns them (detached) when the input is exactly max_seq_len long,
+  # and takes them back as xl_memories= / states= for the next segment (what RecurrentTrainerWrapper does
+  # within one long sequence; here across steps, as our carry is).
+  carry = {'memories': [], 'states': []}
+
+  def run(steps):
+    loss = None
+    for _ in range(steps):
+      loss, carry['memories'], carry['states'] = model(
+          tokens, return_loss=True, xl_memories=carry['memories'], states=carry['states'])
+      optimizer.zero_grad(set_to_none=True)
+      loss.backward()
+      optimizer.step()
+    return float(loss.detach())
+
+  return run, n_params, kwargs
+
+
+def stats(xs):
+  xs = sorted(xs)
+  return xs[0], statistics.median(xs), xs[-1]
+
+
+def differences(a, optimizer_ours):
+  """(aspect, ours, port) rows of the architectural and setup differences."""
+  return [
+      ('keys / values', f'{a.heads} heads x {a.head_dim}', f'1 head x {a.head_dim} shared by {a.heads} query heads'),
+      ('FFN', f'ReLU MLP {a.d_model}->{a.mlp_dim}->{a.d_model}',
+       f'GEGLU, 2 x {int(a.mlp_dim * 2 / 3)} in, {int(a.mlp_dim * 2 / 3)} out (parameter-matched)'),
+      ('positions', 'T5 relative bias (32 buckets, max distance 128)', 'rotary with xpos scaling'),
+      ('attention scores', 'L2-normalised queries/keys, learned temperature (all layers)',
+       'dot product / sqrt(D); l2-norm + learned scale only in the recurrent layer'),
+      ('token mask', f'sliding window: exactly the {a.window} previous tokens',
+       f'previous block (XL) + causal current block: {a.window + 1}..{2 * a.window} keys'),
+      ('norms / output', 'RMSNorm; tied output embedding', 'bias-less LayerNorm; untied output layer'),
+      ('recurrent cell', 'fixed gate, skip wiring, state FFN (paper)', 'learned-EMA fixed gate, no state FFN'),
+      ('vocabulary', '260 (bytes + 4 reserved ids)', '256'),
+      ('execution', 'XLA-jitted step, layer-major, scan over blocks', 'eager, block-major Python loop'),
+      ('dropout', '0 (set for this benchmark)', 'none'),
+      ('optimizer', optimizer_ours, 'Adam (torch.optim)'),
+  ]
+
+
+def plot(path, tps, ratios, title):
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={'width_ratios': [2, 1]})
+  names = list(tps)
+  ax1.boxplot([tps[n] for n in names], tick_labels=names, widths=0.5)
+  for i, n in enumerate(names, 1):
+    ax1.scatter(np.full(len(tps[n]), i) + np.linspace(-0.12, 0.12, len(tps[n])), tps[n], s=14, zorder=3)
+  ax1.set_ylabel('training tokens/s (per round)')
+  ax1.set_ylim(bottom=0)
+  ax1.grid(axis='y', alpha=0.3)
+  ax2.bar(range(1, len(ratios) + 1), ratios, color='tab:gray')
+  ax2.axhline(1.0, color='k', lw=0.8)
+  ax2.set_xticks(range(1, len(ratios) + 1))
+  ax2.set_xlabel('round')
+  ax2.set_ylabel('ours / port (tokens/s)')
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--rounds', type=int, default=5)
+  parser.add_argument('--steps', type=int, default=5)
+  parser.add_argument('--batch', type=int, default=4)
+  parser.add_argument('--threads', type=int, default=2, help='torch.set_num_threads')
+  parser.add_argument('--full', action='store_true', help='config M of peers.md instead of config S')
+  for name, value in CONFIGS['S'].items():
+    parser.add_argument(f'--{name}', type=int, default=None, help=f'(config S: {value})')
+  parser.add_argument('--recurrent_layer', type=int, default=-3, help='our index; the port gets index %% L + 1')
+  parser.add_argument('--lr', type=float, default=3e-4)
+  parser.add_argument('--our_optimizer', choices=('adam', 'adafactor'), default='adam',
+                      help='adam (default) for parity with the port; adafactor as in train_throughput.py')
+  parser.add_argument('--port_flash', action='store_true',
+                      help="the port's use_flash_attn (F.scaled_dot_product_attention) instead of its einsum")
+  parser.add_argument('--gin_param', action='append', default=[], help='extra binding for our model')
+  parser.add_argument('--json', default='results/peer_pytorch.json')
+  parser.add_argument('--png', default='results/peer_pytorch.png')
+  a = parser.parse_args()
+  base = CONFIGS['M' if a.full else 'S']
+  for name, value in base.items():
+    if getattr(a, name) is None:
+      setattr(a, name, value)
+
+  import torch
+  torch.set_num_threads(a.threads)
+  load_before = os.getloadavg()
+  t_start = time.perf_counter()
+
+  runners, n_params, first_step, losses = {}, {}, {}, {}
+  ours_run, n_params[OURS], cfg = build_ours(a, a.batch)
+  port_run, n_params[PORT], port_kwargs = build_port(a, a.batch)
+  runners = {OURS: ours_run, PORT: port_run}
+  for name, run in runners.items():
+    t0 = time.perf_counter()
+    run(1)  # compilation (ours) / first eager step (port)
+    first_step[name] = time.perf_counter() - t0
+    run(2)  # warm-up: both with a carried cache and state from here on
+  tokens_per_step = a.batch * a.segment
+
+  times = {name: [] for name in runners}
+  load_rounds = []
+  for r in range(a.rounds):
+    load_rounds.append(os.getloadavg()[0])
+    order = list(runners) if r % 2 == 0 else list(runners)[::-1]
+    for name in order:
+      t0 = time.perf_counter()
+      losses[name] = runners[name](a.steps)
+      times[name].append((time.perf_counter() - t0) / a.steps)
+  load_after = os.getloadavg()
+  wall = time.perf_counter() - t_start
+
+  tps = {name: [tokens_per_step / t for t in ts] for name, ts in times.items()}
+  ratios = [o / p for o, p in zip(tps[OURS], tps[PORT])]
+  optimizer_ours = ('Adam (optax), as the port' if a.our_optimizer == 'adam'
+                    else 'Adafactor (optax), as our training')
+  config_name = 'M' if a.full else 'S'
+  if any(getattr(a, n) != v for n, v in base.items()):
+    config_name += ' (modified)'
+  shape = (f'{a.layers} layers, d={a.d_model}, {a.heads} heads x {a.head_dim}, MLP {a.mlp_dim}, window {a.window}, '
+           f'segment {a.segment}, {a.states} states, recurrent layer {a.recurrent_layer} (port: '
+           f'{port_layer(a.recurrent_layer, a.layers)}), batch {a.batch} ({tokens_per_step} tokens/step)')
+  rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+  print(f'\nconfig {config_name}: {shape}')
+  print(f'{a.rounds} rounds x {a.steps} steps after compilation and 2 warm-up steps; jax {jax.__version__} '
+        f'({jax.devices()[0].platform}), torch {torch.__version__} with {torch.get_num_threads()} threads, '
+        f'{os.cpu_count()} CPUs, python {platform.python_version()}')
+  print(f'load average (1/5/15 min) before: {" ".join(f"{x:.2f}" for x in load_before)}; '
+        f'after: {" ".join(f"{x:.2f}" for x in load_after)}; 1-min at each round: '
+        f'{" ".join(f"{x:.2f}" for x in load_rounds)}\n')
+  print(f'| config {config_name} | {OURS} | {PORT} |')
+  print('|---|---|---|')
+  print(f'| parameters | {n_params[OURS]:,} | {n_params[PORT]:,} |')
+  lo, med, hi = zip(*(stats(tps[n]) for n in (OURS, PORT)))
+  print(f'| tokens/s min / median / max | {lo[0]:,.0f} / {med[0]:,.0f} / {hi[0]:,.0f} '
+        f'| {lo[1]:,.0f} / {med[1]:,.0f} / {hi[1]:,.0f} |')
+  print(f'| step ms (median) | {1000 * statistics.median(times[OURS]):.0f} '
+        f'| {1000 * statistics.median(times[PORT]):.0f} |')
+  print(f'| first step s (compilation) | {first_step[OURS]:.1f} | {first_step[PORT]:.1f} |')
+  print(f'| loss after the last round | {losses[OURS]:.3f} | {losses[PORT]:.3f} |')
+  r_lo, r_med, r_hi = stats(ratios)
+  print(f'| tokens/s ours / port per round, min / median / max | {r_lo:.2f} / {r_med:.2f} / {r_hi:.2f} | |')
+  print(f'\n| difference | {OURS} | {PORT} |')
+  print('|---|---|---|')
+  for aspect, ours, port in differences(a, optimizer_ours):
+    print(f'| {aspect} | {ours} | {port} |')
+  print(f'\npeak RSS of this process (both models): {rss_gb:.2f} GB; wall time {wall:.0f} s')
+
+  record = {
+      'config': config_name, 'shape': shape, 'args': vars(a), 'port_kwargs': port_kwargs,
+      'our_config': {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()
+                     if isinstance(v, (int, float, str, bool, tuple, type(None)))},
+      'tokens_per_step': tokens_per_step, 'parameters': n_params, 'first_step_s': first_step,
+      'step_s': times, 'tokens_per_s': tps, 'ratio_ours_over_port': ratios,
+      'load_before': load_before, 'load_after': load_after, 'load_at_rounds': load_rounds,
+      'final_loss': losses, 'peak_rss_gb': rss_gb, 'wall_s': wall,
+      'versions': {'jax': jax.__version__, 'torch': torch.__version__, 'python': sys.version.split()[0]},
+      'differences': differences(a, optimizer_ours),
+  }
+  os.makedirs(os.path.dirname(a.json) or '.', exist_ok=True)
+  with open(a.json, 'w', encoding='utf-8') as f:
+    json.dump(record, f, indent=1)
+  plot(a.png, tps, ratios, f'config {config_name}: {shape}\nload avg {load_before[0]:.2f} -> {load_after[0]:.2f}; '
+       f'ours: {optimizer_ours}')
+  print(f'wrote {a.json} and {a.png}')
+
+
+if __name__ == '__main__':
+  main()
