@@ -1,10 +1,26 @@
-"""block-recurrent: the Block-Recurrent Transformer and its baselines in JAX/Flax NNX."""
+"""block-recurrent: the Block-Recurrent Transformer and its baselines in JAX/Flax NNX.
 
-from block_recurrent.api import abstract_model, build_model, count_params, functional
-from block_recurrent.configs import ConfigError, ModelConfig
-from block_recurrent.generation import generate, generate_ids
-from block_recurrent.model.carry import Carry
-from block_recurrent.model.lm import LanguageModel
+The names below load on first use, so that `python -m block_recurrent.main` (brt-train) can install its
+preemption handlers and check its flags before jax and TensorFlow are imported.
+"""
 
-__all__ = ['abstract_model', 'build_model', 'count_params', 'functional', 'ConfigError', 'ModelConfig',
-           'Carry', 'LanguageModel', 'generate', 'generate_ids']
+import importlib
+
+_EXPORTS = {
+    'abstract_model': 'block_recurrent.api', 'build_model': 'block_recurrent.api',
+    'count_params': 'block_recurrent.api', 'functional': 'block_recurrent.api',
+    'ConfigError': 'block_recurrent.configs', 'ModelConfig': 'block_recurrent.configs',
+    'generate': 'block_recurrent.generation', 'generate_ids': 'block_recurrent.generation',
+    'Carry': 'block_recurrent.model.carry', 'LanguageModel': 'block_recurrent.model.lm',
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+  if name not in _EXPORTS:
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+  return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__():
+  return sorted(list(globals()) + __all__)

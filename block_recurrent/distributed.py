@@ -77,3 +77,8 @@ def gather_json(value) -> list:
   padded[:raw.size] = raw
   rows = multihost_utils.process_allgather(padded).reshape(len(lengths), -1)
   return [json.loads(bytes(row[:n]).decode()) for row, n in zip(rows, lengths)]
+
+
+def any_true(flag: bool) -> bool:
+  """Whether `flag` holds on at least one process (each process passes its own)."""
+  return not all_true(not flag)

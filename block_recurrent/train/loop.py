@@ -6,6 +6,7 @@ the data cursor; otherwise --load_dir's parameters (fine-tuning) or a fresh init
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -20,7 +21,7 @@ from flax import nnx
 from block_recurrent import configs, distributed, flops, sharding
 from block_recurrent.data import segments, tasks
 from block_recurrent.model import linear_lm
-from block_recurrent.train import checkpoint as ckpt_lib, optim, step as step_lib, summaries
+from block_recurrent.train import checkpoint as ckpt_lib, optim, preemption, step as step_lib, summaries
 
 LN2 = math.log(2.0)
 
@@ -42,10 +43,10 @@ def _batch_arrays(batch: segments.Batch) -> dict:
 
 
 def _summary(sums: dict) -> dict:
-  tokens, nats = max(sums['tokens'], 1.0), sums['nll_sum']
+  tokens, nats = max(sums.get('tokens', 0.0), 1.0), sums.get('nll_sum', 0.0)
   return {'loss': nats / tokens, 'bits_per_token': nats / tokens / LN2,
-          'bits_per_byte': nats / LN2 / max(sums['bytes'], 1.0), 'perplexity': math.exp(min(nats / tokens, 50)),
-          'accuracy': sums['correct'] / tokens}
+          'bits_per_byte': nats / LN2 / max(sums.get('bytes', 0.0), 1.0),
+          'perplexity': math.exp(min(nats / tokens, 50)), 'accuracy': sums.get('correct', 0.0) / tokens}
 
 
 class Setup(NamedTuple):
@@ -107,11 +108,13 @@ def _put(arrays: dict, shardings: dict) -> dict:
   return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in arrays.items()}
 
 
-def train_program(s: Setup, model_cfg: configs.ModelConfig):
-  """The jitted train step with the setup's shardings (state donated)."""
+def train_program(s: Setup, model_cfg: configs.ModelConfig, inject_nonfinite: tuple[int, ...] = ()):
+  """The jitted train step with the setup's shardings (state donated); inject_nonfinite: steps whose
+  gradients are made NaN (TrainConfig.inject_nonfinite_steps, fault injection)."""
   def step(state, batch):
     with jax.sharding.use_abstract_mesh(s.mesh.abstract_mesh):  # layer-boundary constraints see the mesh
-      return step_lib.train_step(s.graphdef, s.tx, s.schedule, state, batch, dropout=model_cfg.dropout_rate > 0)
+      return step_lib.train_step(s.graphdef, s.tx, s.schedule, state, batch, dropout=model_cfg.dropout_rate > 0,
+                                 inject_nonfinite=inject_nonfinite)
 
   return jax.jit(step, in_shardings=(s.state_sh, s.batch_sh), out_shardings=(s.state_sh, None), donate_argnums=0)
 
@@ -125,19 +128,24 @@ def eval_program(s: Setup):
 
 
 def evaluate(s: Setup, eval_fn, state: step_lib.TrainState, docs, segment_length: int, max_segments: int = 0,
-             per_token: Callable | None = None):
+             per_token: Callable | None = None, stop: Callable[[], bool] | None = None):
   """Streams whole documents through eval_batch lanes with a fresh eval carry, carried across every
   segment of every document; returns the state and the summary (bits per byte/token, ...).
 
   per_token(doc_id, first_position, targets, nll_nats) is called for each lane's real tokens of each
-  segment, in order, for scoring files; memory stays that of one segment however long the documents."""
+  segment, in order, for scoring files; memory stays that of one segment however long the documents.
+  stop(): polled every segment (a preemption signal); when it holds on any process, evaluation ends early
+  and the summary says interrupted=True."""
   # A process may hold no document of a small split (one book over two hosts): it feeds padding rows.
   eval_batcher = (segments.DocumentBatcher(docs, batch_size=s.eval_batch // jax.process_count(),
                                            segment_length=segment_length, num_epochs=1) if len(docs) else iter(()))
   state = state._replace(eval_carry=jax.tree.map(jnp.zeros_like, state.eval_carry))
   lanes = s.eval_batch // jax.process_count()
-  sums, positions = {}, [0] * lanes
+  sums, positions, interrupted = {}, [0] * lanes, False
   for i in itertools.count():
+    if stop is not None and distributed.any_true(stop()):
+      interrupted = True
+      break
     batch = next(eval_batcher, None)
     if (max_segments and i >= max_segments) or distributed.all_true(batch is None):
       break  # every process agrees: each runs the same number of steps
@@ -158,7 +166,8 @@ def evaluate(s: Setup, eval_fn, state: step_lib.TrainState, docs, segment_length
         if doc_id >= 0 and real.any():
           per_token(int(doc_id), positions[lane], batch.targets[lane][real], nll[lane][real])
           positions[lane] += int(real.sum())
-  return state, dict(_summary(sums), tokens=sums.get('tokens', 0.0), bytes=sums.get('bytes', 0.0))
+  return state, dict(_summary(sums), tokens=sums.get('tokens', 0.0), bytes=sums.get('bytes', 0.0),
+                     interrupted=interrupted)
 
 
 def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cfg: configs.TrainConfig,
@@ -193,7 +202,7 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
     if load_dir:
       state = _load_parameters(s, state, load_dir, reset_optimizer, echo)
 
-  train_fn = train_program(s, model_cfg)
+  train_fn = train_program(s, model_cfg, train_cfg.inject_nonfinite_steps)
   eval_fn = eval_program(s)
 
   # --- loop ---------------------------------------------------------------------------------------
@@ -203,43 +212,131 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
   step_now = int(state.step)
   echo(f'training {data_cfg.task} for {train_cfg.num_steps} steps from step {step_now}: workdir {workdir}')
   sums, t_log, t0, last, timed_tokens = {}, time.perf_counter(), time.perf_counter(), {}, 0.0
-  for step_now in range(step_now, train_cfg.num_steps):
-    parts = [next(b, None) for b in batchers.values()]
-    if not distributed.all_true(all(p is not None for p in parts)):  # every process stops together
-      echo('the training data ran out (num_epochs reached)')
-      break
-    state, metrics = train_fn(state, _put(_batch_arrays(_concat(parts)), s.batch_sh))
-    if not sums and step_now == first_step:
-      jax.block_until_ready(metrics)
-      echo(f'first step done {time.perf_counter() - t0:.1f}s after the loop started (compilation included)')
-      t_log, timed_tokens = time.perf_counter(), -float(metrics['tokens'])  # rates exclude compilation
-    for k, v in metrics.items():
-      sums[k] = sums.get(k, 0.0) + float(v) if k in ('nll_sum', 'tokens', 'correct', 'bytes') else float(v)
-    done = step_now + 1
-    if done % max(train_cfg.log_every, 1) == 0 or done == train_cfg.num_steps:
-      elapsed = time.perf_counter() - t_log
-      rate = (sums['tokens'] + timed_tokens) / max(elapsed, 1e-9)
-      last = dict(_summary(sums), learning_rate=sums['learning_rate'], grad_norm=sums['grad_norm'],
-                  tokens_per_s=rate, model_flops_per_token=flops_per_token, mfu=rate * flops_per_token / peak)
-      eta = (time.perf_counter() - t0) / max(done - first_step, 1) * (train_cfg.num_steps - done)
-      echo(f'step {done:6d}/{train_cfg.num_steps}  loss {last["loss"]:.3f}  bits/byte {last["bits_per_byte"]:.3f}  '
-           f'{rate:,.0f} tokens/s  MFU {100 * last["mfu"]:.1f}%  ETA {eta:.0f}s')
-      writer.write('train', done, last)
-      sums, t_log, timed_tokens = {}, time.perf_counter(), 0.0
-    if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done < train_cfg.num_steps:
-      state, ev = evaluate(s, eval_fn, state, validation, model_cfg.segment_length, train_cfg.eval_segments)
-      echo(f'eval at step {done}: bits/byte {ev["bits_per_byte"]:.3f}  bits/token {ev["bits_per_token"]:.3f}')
-      writer.write('validation', done, ev)
-    if done % max(train_cfg.checkpoint_every, 1) == 0 or done == train_cfg.num_steps:
-      checkpointer.save(done, state, _cursor(batchers), force=done == train_cfg.num_steps)
-  checkpointer.wait()
-  state, ev = evaluate(s, eval_fn, state, validation, model_cfg.segment_length, train_cfg.eval_segments)
-  writer.write('validation', int(state.step), ev)
+  clock = _TrainClock()
+  skips_in_row, rollbacks_left, last_saved, stopped = 0, train_cfg.nonfinite_rollbacks, step_now, None
+  with preemption.handling() as signals:
+    while step_now < train_cfg.num_steps:
+      parts = [next(b, None) for b in batchers.values()]
+      if not distributed.all_true(all(p is not None for p in parts)):  # every process stops together
+        echo('the training data ran out (num_epochs reached)')
+        break
+      state, metrics = train_fn(state, _put(_batch_arrays(_concat(parts)), s.batch_sh))
+      if not clock.started:
+        jax.block_until_ready(metrics)
+        echo(f'first step done {time.perf_counter() - t0:.1f}s after the loop started (compilation included)')
+        t_log, timed_tokens = time.perf_counter(), -float(metrics['tokens'])  # rates exclude compilation
+        clock.start()
+      values = {k: float(v) for k, v in metrics.items()}
+      done = step_now + 1
+      sums['skipped_steps'] = sums.get('skipped_steps', 0.0) + values['skipped']
+      for k in ('learning_rate', 'grad_norm'):
+        sums[k] = values[k]
+      if values['skipped']:
+        skips_in_row += 1
+        timed_tokens += values['tokens']
+        echo(f'step {done}: non-finite loss ({values["loss"]:.4g}) or gradient norm ({values["grad_norm"]:.4g}): '
+             f'update skipped ({skips_in_row} in a row)')
+      else:
+        skips_in_row = 0
+        for k in ('nll_sum', 'tokens', 'correct', 'bytes'):
+          sums[k] = sums.get(k, 0.0) + values[k]
+      if done % max(train_cfg.log_every, 1) == 0 or done == train_cfg.num_steps:
+        elapsed = time.perf_counter() - t_log
+        rate = (sums.get('tokens', 0.0) + timed_tokens) / max(elapsed, 1e-9)
+        last = dict(learning_rate=sums['learning_rate'], tokens_per_s=rate,
+                    grad_norm=sums['grad_norm'] if math.isfinite(sums['grad_norm']) else None,  # JSON has no NaN
+                    model_flops_per_token=flops_per_token, mfu=rate * flops_per_token / peak,
+                    skipped_steps=sums['skipped_steps'], train_seconds=clock.seconds())
+        eta = (time.perf_counter() - t0) / max(done - first_step, 1) * (train_cfg.num_steps - done)
+        if 'tokens' in sums:  # some step of this interval was not skipped
+          last.update(_summary(sums))
+          echo(f'step {done:6d}/{train_cfg.num_steps}  loss {last["loss"]:.3f}  bits/byte {last["bits_per_byte"]:.3f}  '
+               f'{rate:,.0f} tokens/s  MFU {100 * last["mfu"]:.1f}%  ETA {eta:.0f}s'
+               + (f'  skipped {sums["skipped_steps"]:.0f}' if sums['skipped_steps'] else ''))
+        else:
+          echo(f'step {done:6d}/{train_cfg.num_steps}  every step since the last line skipped (non-finite)')
+        writer.write('train', done, last)
+        sums, t_log, timed_tokens = {}, time.perf_counter(), 0.0
+      if skips_in_row >= train_cfg.max_consecutive_skips:
+        checkpointer.wait()
+        good = checkpointer.steps()
+        if rollbacks_left and good:
+          rollbacks_left -= 1
+          back, state, _ = checkpointer.restore(s.target)  # the data cursor stays: the batches since are skipped
+          echo(f'{skips_in_row} non-finite steps in a row (to step {done}): rolled back to '
+               f'{checkpointer.directory}/{back}, skipping the data read since ({rollbacks_left} rollbacks left)')
+          step_now, skips_in_row, last_saved = back, 0, back
+          continue
+        writer.close()
+        checkpointer.close()
+        where = f'{checkpointer.directory}/{good[-1]}' if good else 'none (no checkpoint was written)'
+        raise TrainingStopped(
+            f'{skips_in_row} consecutive non-finite steps ({done - skips_in_row + 1} to {done}): training stopped '
+            f'at step {done}; the last good checkpoint is {where}. Lower TrainConfig.learning_rate, set '
+            'TrainConfig.grad_clip or TrainConfig.nonfinite_rollbacks, then rerun to resume from it')
+      if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done < train_cfg.num_steps:
+        with clock.paused():
+          state, ev = evaluate(s, eval_fn, state, validation, model_cfg.segment_length, train_cfg.eval_segments,
+                               stop=signals.pending)
+        if not ev['interrupted']:
+          echo(f'eval at step {done}: bits/byte {ev["bits_per_byte"]:.3f}  bits/token {ev["bits_per_token"]:.3f}')
+          writer.write('validation', done, dict(ev, train_seconds=clock.seconds()))
+      over_time = bool(train_cfg.max_train_seconds) and clock.seconds() >= train_cfg.max_train_seconds
+      stop = distributed.any_true(signals.pending() or over_time)
+      if skips_in_row == 0 and (done % max(train_cfg.checkpoint_every, 1) == 0 or done == train_cfg.num_steps
+                                or stop):
+        checkpointer.save(done, state, _cursor(batchers), force=True if stop else done == train_cfg.num_steps)
+        last_saved = done
+      step_now = done
+      if stop:  # every process agrees on why: a signal anywhere is a preemption
+        stopped = (signals.received or 'a signal') if distributed.any_true(signals.pending()) else 'time'
+        break
+    checkpointer.wait()
+    if stopped and stopped != 'time':  # preempted: the checkpoint is written, no final evaluation
+      writer.close()
+      checkpointer.close()
+      echo(f'received {stopped}: stopped after step {step_now}, checkpoint {checkpointer.directory}/{last_saved} '
+           'written; rerun the same command to resume')
+      return {'train': last, 'validation': None, 'state': state, 'stopped': stopped}
+    if stopped == 'time':
+      echo(f'TrainConfig.max_train_seconds={train_cfg.max_train_seconds:g} reached after step {step_now}')
+    with clock.paused():
+      state, ev = evaluate(s, eval_fn, state, validation, model_cfg.segment_length, train_cfg.eval_segments,
+                           stop=signals.pending)
+  if not ev['interrupted']:
+    writer.write('validation', int(state.step), dict(ev, train_seconds=clock.seconds()))
   writer.close()
   checkpointer.close()
-  echo(f'validation bits/byte {ev["bits_per_byte"]:.4f}  bits/token {ev["bits_per_token"]:.4f}')
+  echo(f'validation bits/byte {ev["bits_per_byte"]:.4f}  bits/token {ev["bits_per_token"]:.4f}'
+       + ('  (interrupted: partial)' if ev['interrupted'] else ''))
   echo(f'outputs: {workdir}/metrics.jsonl, {workdir}/tensorboard, {workdir}/config.gin, {checkpointer.directory}')
-  return {'train': last, 'validation': ev, 'state': state}
+  return {'train': last, 'validation': ev, 'state': state, 'stopped': stopped}
+
+
+class TrainingStopped(RuntimeError):
+  """The run cannot go on (repeated numerical faults); the message names the step and the last good
+  checkpoint. brt-train prints it as one line and exits with status 1."""
+
+
+class _TrainClock:
+  """Seconds spent training, from the end of the first (compiling) step, evaluation left out."""
+
+  def __init__(self):
+    self.started, self._t0, self._paused = False, 0.0, 0.0
+
+  def start(self):
+    self.started, self._t0 = True, time.perf_counter()
+
+  def seconds(self) -> float:
+    return time.perf_counter() - self._t0 - self._paused if self.started else 0.0
+
+  @contextlib.contextmanager
+  def paused(self):
+    t = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._paused += time.perf_counter() - t
 
 
 def _sharded_cursor(cursor: dict) -> dict:

@@ -37,8 +37,13 @@ def _token_stats(logits_BxNxV: Array, batch: dict) -> dict:
 
 
 def train_step(graphdef, tx: optax.GradientTransformation, schedule, state: TrainState, batch: dict,
-               dropout: bool = True):
-  """One optimisation step on one segment per lane; returns the new state and summed metrics."""
+               dropout: bool = True, inject_nonfinite: tuple[int, ...] = ()):
+  """One optimisation step on one segment per lane; returns the new state and summed metrics.
+
+  A step whose loss or gradient is not finite is skipped: parameters and optimiser state stay as they
+  were (metrics['skipped'] = 1), the step counter still advances (its batch is consumed), and the carry
+  moves on unless it too is non-finite. inject_nonfinite: steps (1-based, as logged: the step that
+  takes state.step to state.step + 1) whose gradients are made NaN, for fault-injection tests."""
   key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
   def loss_fn(params):
@@ -49,10 +54,21 @@ def train_step(graphdef, tx: optax.GradientTransformation, schedule, state: Trai
     return stats['nll_sum'] / jnp.maximum(stats['tokens'], 1.0), (carry, stats)
 
   (loss, (carry, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  if inject_nonfinite:
+    poison = jnp.where(jnp.isin(state.step + 1, jnp.asarray(inject_nonfinite, jnp.int32)), jnp.nan, 1.0)
+    grads = jax.tree.map(lambda g: g * poison, grads)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(stats, loss=loss, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step))
-  return state._replace(step=state.step + 1, params=params, opt_state=opt_state, carry=carry), metrics
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+  carry_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(carry)
+                                    if jnp.issubdtype(x.dtype, jnp.floating)] or [jnp.array(True)]))
+  carry = jax.tree.map(lambda n, o: jnp.where(carry_finite, n, o), carry, state.carry)
+  metrics = dict(stats, loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
+                 skipped=1.0 - finite.astype(jnp.float32))
+  return state._replace(step=state.step + 1, params=keep(params, state.params),
+                        opt_state=keep(opt_state, state.opt_state), carry=carry), metrics
 
 
 def eval_step(graphdef, state: TrainState, batch: dict):
