@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 GATES = ('fixed', 'lstm')
 WIRINGS = ('skip', 'dual', 'single')
@@ -24,6 +25,14 @@ class ConfigError(ValueError):
 def _check(ok: bool, message: str) -> None:
   if not ok:
     raise ConfigError(message)
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,9 +96,25 @@ class ModelConfig:
                 'segment_length', 'num_states', 'relative_buckets', 'relative_max_distance', 'scan_unroll')
     for name in positive:
       value = getattr(self, name)
-      _check(isinstance(value, int) and value > 0,
-             f'ModelConfig.{name} must be a positive integer, got {value!r}')
-    _check(self.extra_layers >= 0, f'ModelConfig.extra_layers must be >= 0, got {self.extra_layers}')
+      _check(_is_int(value) and value > 0, f'ModelConfig.{name} must be a positive integer, got {value!r}')
+    _check(_is_int(self.extra_layers) and self.extra_layers >= 0,
+           f'ModelConfig.extra_layers must be an integer >= 0, got {self.extra_layers!r}')
+    for name in ('feedback', 'always_clear_state', 'normalize_keys', 'use_xl_cache', 'block_major', 'unroll'):
+      _check(isinstance(getattr(self, name), bool),
+             f'ModelConfig.{name} must be True or False, got {getattr(self, name)!r}')
+    _check(_is_number(self.dropout_rate) and 0.0 <= self.dropout_rate < 1.0,
+           f'ModelConfig.dropout_rate must be a number in [0, 1), got {self.dropout_rate!r}')
+    # T5's buckets: half exact, half log-spaced from relative_buckets // 2 up to relative_max_distance.
+    _check(self.relative_buckets >= 2, f'ModelConfig.relative_buckets must be at least 2, got '
+           f'{self.relative_buckets}: use 32 (T5)')
+    _check(self.relative_max_distance > self.relative_buckets // 2,
+           f'ModelConfig.relative_max_distance {self.relative_max_distance} must exceed relative_buckets // 2 '
+           f'= {self.relative_buckets // 2} (the exact buckets): raise it (T5: 32 buckets, 128)')
+    for name in ('recurrent_layers', 'attention_layers'):
+      indices = getattr(self, name)
+      _check(isinstance(indices, (tuple, list)) and all(_is_int(i) for i in indices),
+             f'ModelConfig.{name} must be a tuple of layer indices, got {indices!r}')
+      object.__setattr__(self, name, tuple(indices))  # a gin list too: the config stays hashable
     _check(self.window <= self.segment_length,
            f'window {self.window} is larger than segment_length {self.segment_length}: '
            'use a window <= the segment length')
@@ -104,9 +129,9 @@ class ModelConfig:
       _check(self.arelit_mode in ('fixed', 'faithful'),
              f"arelit_mode must be 'fixed' or 'faithful', got {self.arelit_mode!r}")
       for name in ('relit_eta', 'relit_chunk', 'arelit_rank', 'gtrxl_memory'):
-        _check(isinstance(getattr(self, name), int) and getattr(self, name) > 0,
+        _check(_is_int(getattr(self, name)) and getattr(self, name) > 0,
                f'ModelConfig.{name} must be a positive integer, got {getattr(self, name)!r}')
-      _check(self.relit_gate_bias is None or (isinstance(self.relit_gate_bias, (int, float))
+      _check(self.relit_gate_bias is None or (_is_number(self.relit_gate_bias)
                                               and math.isfinite(self.relit_gate_bias)),
              f'ModelConfig.relit_gate_bias must be None or a finite number, got {self.relit_gate_bias!r}')
       _check(not self.recurrent_layers, f'recurrent_layers belong to the attention family; with '
@@ -114,8 +139,10 @@ class ModelConfig:
       _check(self.dropout_rate == 0.0, f'sequence_layer={self.sequence_layer!r} has no dropout: set '
              'configs.ModelConfig.dropout_rate = 0.0 (include options/no_dropout.gin)')
       for index in self.attention_layers:
-        _check(isinstance(index, int) and -self.total_layers <= index < self.total_layers,
+        _check(-self.total_layers <= index < self.total_layers,
                f'attention layer index {index} is out of range for {self.total_layers} layers')
+      _check((self.sequence_layer != 'gtrxl' and not self.attention_layers) or self.d_model % 2 == 0,
+             f"GTrXL's sinusoidal positions need an even d_model, got {self.d_model}: use an even d_model")
     else:
       _check(not self.attention_layers, 'attention_layers needs a sequence_layer other than attention')
     _check(self.gate in GATES, f'unknown gate {self.gate!r}: choose one of {", ".join(GATES)}')
@@ -123,12 +150,9 @@ class ModelConfig:
     _check(self.remat in REMAT_POLICIES,
            f'unknown remat policy {self.remat!r}: choose one of {", ".join(REMAT_POLICIES)}')
     _check(self.dtype in DTYPES, f'unknown dtype {self.dtype!r}: choose one of {", ".join(DTYPES)}')
-    _check(0.0 <= self.dropout_rate < 1.0, f'dropout_rate must be in [0, 1), got {self.dropout_rate}')
-    _check(isinstance(self.recurrent_layers, (tuple, list)),
-           f'recurrent_layers must be a tuple of layer indices, got {self.recurrent_layers!r}')
     total = self.total_layers
     for index in self.recurrent_layers:
-      _check(isinstance(index, int) and -total <= index < total,
+      _check(-total <= index < total,
              f'recurrent layer index {index!r} is out of range for a {total}-layer model: '
              f'use an index in [{-total}, {total - 1}]')
     resolved = [i % total for i in self.recurrent_layers]
@@ -192,13 +216,19 @@ class DataConfig:
            f'DataConfig.task {self.task!r} must be <corpus>_bytes or <corpus>_tokens, e.g. pg_mini_bytes')
     _check(corpus not in ('github', 'text_folder') or self.data_dir is not None,
            f'task {self.task} needs a folder: set configs.DataConfig.data_dir')
-    _check(isinstance(self.batch_size, int) and self.batch_size > 0,
+    for name in ('data_dir', 'spm_path'):
+      _check(getattr(self, name) is None or isinstance(getattr(self, name), (str, os.PathLike)),
+             f'DataConfig.{name} must be None or a path, got {getattr(self, name)!r}')
+    _check(_is_int(self.batch_size) and self.batch_size > 0,
            f'DataConfig.batch_size must be a positive integer, got {self.batch_size!r}')
-    _check(self.eval_batch_size is None or self.eval_batch_size > 0,
-           f'DataConfig.eval_batch_size must be positive, got {self.eval_batch_size!r}')
-    _check(self.num_epochs is None or self.num_epochs > 0,
-           f'DataConfig.num_epochs must be None (forever) or positive, got {self.num_epochs!r}')
-    _check(isinstance(self.data_shards, int) and self.data_shards >= 0,
+    _check(self.eval_batch_size is None or (_is_int(self.eval_batch_size) and self.eval_batch_size > 0),
+           f'DataConfig.eval_batch_size must be None (batch_size) or a positive integer, got '
+           f'{self.eval_batch_size!r}')
+    _check(self.shuffle_seed is None or (_is_int(self.shuffle_seed) and self.shuffle_seed >= 0),
+           f'DataConfig.shuffle_seed must be None (source order) or an integer >= 0, got {self.shuffle_seed!r}')
+    _check(self.num_epochs is None or (_is_int(self.num_epochs) and self.num_epochs > 0),
+           f'DataConfig.num_epochs must be None (forever) or a positive integer, got {self.num_epochs!r}')
+    _check(_is_int(self.data_shards) and self.data_shards >= 0,
            f'DataConfig.data_shards must be 0 (one per process) or positive, got {self.data_shards!r}')
 
 

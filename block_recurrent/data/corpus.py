@@ -37,7 +37,11 @@ class RawDocument:
 
 def _read_file(path: pathlib.Path) -> bytes:
   if path.suffix == '.xz':
-    return lzma.decompress(path.read_bytes())
+    try:
+      return lzma.decompress(path.read_bytes())
+    except lzma.LZMAError as e:
+      raise ConfigError(f'{path} is not a valid .xz file ({e}): re-compress it with xz, or store it '
+                        'uncompressed without the .xz suffix') from None
   return path.read_bytes()
 
 
@@ -62,10 +66,14 @@ def pg19_layout(folder, split: str) -> list[RawDocument]:
   metadata = root / 'metadata.csv'
   if not metadata.is_file():
     raise ConfigError(f'{metadata} is missing: expected {layout}')
-  with metadata.open(newline='', encoding='utf-8') as f:
-    known = {row[0] for row in csv.reader(f) if row}
+  try:
+    with metadata.open(newline='', encoding='utf-8') as f:
+      known = {row[0] for row in csv.reader(f) if row}
+  except (UnicodeDecodeError, csv.Error) as e:
+    raise ConfigError(f'{metadata} is not a UTF-8 CSV file of id,title,year,link rows ({e}): '
+                      'fix or regenerate it') from None
   split_dir = _require_dir(root / split, layout)
-  books = sorted(p for p in split_dir.iterdir() if p.name.endswith(('.txt', '.txt.xz')))
+  books = sorted(p for p in split_dir.iterdir() if p.name.endswith(('.txt', '.txt.xz')) and p.is_file())
   if not books:
     raise ConfigError(f'{split_dir} holds no <id>.txt or <id>.txt.xz books: expected {layout}')
   documents = []

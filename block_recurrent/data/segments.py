@@ -22,6 +22,7 @@ import numpy as np
 from block_recurrent.configs import ConfigError
 
 _STATE_VERSION = 1
+_INT32_MAX = 2**31 - 1
 
 
 def _check(ok: bool, message: str) -> None:
@@ -39,9 +40,9 @@ class Document:
 
   Attributes:
     tokens: int32 [L] token ids, all >= 1 (0 is the padding id, so a real token can never look like one).
-    num_bytes: int32 [L] UTF-8 bytes each token stands for; all ones for a byte vocabulary. Carried so that
-      bits-per-byte can be computed for any vocabulary.
-    doc_id: the document's stable index in the source, reported back in `Batch.doc_ids`.
+    num_bytes: int32 [L] UTF-8 bytes each token stands for (>= 0); all ones for a byte vocabulary. Carried so
+      that bits-per-byte can be computed for any vocabulary.
+    doc_id: the document's stable index (>= 0) in the source, reported back in `Batch.doc_ids`.
   """
 
   tokens: np.ndarray
@@ -60,6 +61,16 @@ class Document:
            f'Document {self.doc_id}: tokens must be integers, got dtype {tokens_L.dtype}')
     smallest = int(tokens_L.min()) if tokens_L.size else 1
     _check(smallest >= 1, f'Document {self.doc_id}: token ids must be >= 1 (0 is padding), got {smallest}')
+    largest = int(tokens_L.max()) if tokens_L.size else 1
+    _check(largest <= _INT32_MAX, f'Document {self.doc_id}: token id {largest} does not fit in int32: '
+           'use a vocabulary of fewer than 2**31 ids')
+    if num_bytes_L.size:
+      whole = np.issubdtype(num_bytes_L.dtype, np.integer)
+      _check(whole and 0 <= num_bytes_L.min() and num_bytes_L.max() <= _INT32_MAX,
+             f'Document {self.doc_id}: num_bytes must be whole byte counts in [0, 2**31), got '
+             + (f'{num_bytes_L.min()} .. {num_bytes_L.max()}' if whole else f'dtype {num_bytes_L.dtype}'))
+    _check(_is_int(self.doc_id) and self.doc_id >= 0,
+           f'Document doc_id must be a non-negative integer (its index in the source), got {self.doc_id!r}')
     object.__setattr__(self, 'tokens', tokens_L.astype(np.int32, copy=False))
     object.__setattr__(self, 'num_bytes', num_bytes_L.astype(np.int32, copy=False))
 
@@ -121,6 +132,9 @@ class DocumentBatcher:
            f'num_epochs must be None (repeat forever) or at least 1, got {num_epochs!r}')
     _check(shuffle_seed is None or (_is_int(shuffle_seed) and shuffle_seed >= 0),
            f'shuffle_seed must be None (natural order) or a non-negative integer, got {shuffle_seed!r}')
+    _check(hasattr(documents, '__len__') and hasattr(documents, '__getitem__'),
+           f'documents must be a sequence of Document (a list, or an object with __len__ and __getitem__), '
+           f'got {type(documents).__name__}')
     self._documents = documents
     self._batch_size = int(batch_size)
     self._segment_length = int(segment_length)
@@ -136,7 +150,13 @@ class DocumentBatcher:
   # --- cursor ---------------------------------------------------------------------------------------
 
   def _reset(self, *, epoch: int, position: int, lanes: Sequence[tuple[int, int]], skipped_empty: int):
-    """Sets the cursor; the order and the lanes' documents are re-derived, never stored."""
+    """Sets the cursor; the order and the lanes' documents are re-derived, never stored. A cursor that
+    does not fit the source raises before anything changes."""
+    loaded = [None if index < 0 else self._load(index) for index, _ in lanes]
+    for lane, ((index, offset), document) in enumerate(zip(lanes, loaded)):
+      _check(document is None or 0 <= offset < len(document),
+             f'cursor lane {lane}: offset {offset} is outside document {index} of length '
+             f'{len(document) if document is not None else 0}: restore a cursor saved from the same source')
     self._epoch = epoch
     self._position = position  # next position in this epoch's order
     self._order_epoch = -1  # epoch whose order is cached in self._order
@@ -148,14 +168,9 @@ class DocumentBatcher:
     self._lane_index = [-1] * self._batch_size  # source index of each lane's document, -1 when free
     self._lane_offset = [0] * self._batch_size  # tokens of it already emitted as targets
     self._lane_doc: list[Document | None] = [None] * self._batch_size
-    for lane, (index, offset) in enumerate(lanes):
-      if index < 0:
-        continue
-      document = self._load(index)
-      _check(0 <= offset < len(document),
-             f'cursor lane {lane}: offset {offset} is outside document {index} of length {len(document)}: '
-             'restore a cursor saved from the same source')
-      self._lane_index[lane], self._lane_offset[lane], self._lane_doc[lane] = index, offset, document
+    for lane, ((index, offset), document) in enumerate(zip(lanes, loaded)):
+      if document is not None:
+        self._lane_index[lane], self._lane_offset[lane], self._lane_doc[lane] = index, offset, document
 
   def state(self) -> dict[str, Any]:
     """A JSON-serialisable cursor: exactly where every lane is, plus the arguments that define the stream.

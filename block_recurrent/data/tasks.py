@@ -117,7 +117,8 @@ def _split_of(documents: list[corpus.RawDocument], split: str) -> list[corpus.Ra
     raise ConfigError(f'unknown split {split!r}: choose one of {", ".join(corpus.SPLITS)}')
   if len(documents) < 3:
     return documents  # too few to split: every split sees them all
-  bucket = lambda name: zlib.crc32(name.encode()) % 100
+  # surrogateescape: a Linux file name need not be UTF-8 (the bucket of every UTF-8 name is unchanged).
+  bucket = lambda name: zlib.crc32(name.encode('utf-8', 'surrogateescape')) % 100
   chosen = {'train': range(0, 90), 'validation': range(90, 95), 'test': range(95, 100)}[split]
   return [d for d in documents if bucket(d.name) in chosen]
 
@@ -147,8 +148,14 @@ def _text_source(corpus_name: str, kind: str, data_dir: str | None) -> seqio.Dat
     documents = raw_documents(corpus_name, split, data_dir)
     def generate():
       for doc in documents:
-        # Token tasks need UTF-8: doc.text() names the file that is not (byte tasks take any bytes).
-        yield {'text': doc.text().encode() if kind == 'tokens' else doc.read(), 'name': doc.name}
+        try:
+          # Token tasks need UTF-8: doc.text() names the file that is not (byte tasks take any bytes).
+          text = doc.text().encode() if kind == 'tokens' else doc.read()
+        except ConfigError as e:
+          # It reaches documents() as TensorFlow's error text, which drops a line that is not UTF-8 (a
+          # file name that is not): escape it so that the line survives.
+          raise ConfigError(str(e).encode('utf-8', 'backslashreplace').decode()) from None
+        yield {'text': text, 'name': doc.name.encode('utf-8', 'surrogateescape')}
     signature = {'text': tf.TensorSpec((), tf.string), 'name': tf.TensorSpec((), tf.string)}
     return tf.data.Dataset.from_generator(generate, output_signature=signature)
   return seqio.FunctionDataSource(from_folder, splits=corpus.SPLITS)
