@@ -192,7 +192,7 @@ def test_pg19_folder_returns_the_books_of_a_split_or_says_why_not(folder, split)
       check_document(document, files[path][1])
 
 
-@fuzz(3)
+@fuzz(2)
 @given(files=folder_files(), split=st.sampled_from(corpus.SPLITS), kind=st.sampled_from(['bytes', 'tokens']))
 @example(files={'fa.txt': (b'one\0', b'one\0'), 'f\udcff.txt': (b'\xff\xfe', b'\xff\xfe'),
                 'fb': (b'', b''), 'fc.xz': (b'corrupt', None)}, split='train', kind='bytes')
@@ -502,7 +502,7 @@ def valid_model_kwargs(draw, kind: str | None = None) -> dict:
 
 
 @pytest.mark.parametrize('kind', configs.SEQUENCE_LAYERS)
-@fuzz(3)
+@fuzz(2)
 @given(data=st.data(), batch=st.integers(1, 2))
 def test_valid_model_configs_build_and_trace(kind, data, batch):
   kwargs = data.draw(valid_model_kwargs(kind))
