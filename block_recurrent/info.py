@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from block_recurrent import api, flops, ginconf
+from block_recurrent import api, cli, configs, flops, ginconf
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,12 +21,21 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--devices', type=int, default=0,
                       help='plan per-device memory on this many devices, with the gin MeshConfig (gin/mesh/*.gin)')
   parser.add_argument('--batch_size', type=int, default=0, help='rows for --devices (default: DataConfig.batch_size)')
+  cli.add_debug_flag(parser)
   args = parser.parse_args(argv)
+  return cli.guarded('brt-info', args.debug, lambda: _info(args))
+
+
+def _info(args) -> int:
+  if args.devices < 0:
+    raise configs.ConfigError(f'--devices {args.devices}: give a device count >= 1 (or 0: no memory plan)')
+  if args.batch_size < 0:
+    raise configs.ConfigError(f'--batch_size {args.batch_size}: give a row count >= 1 (or 0: DataConfig.batch_size)')
   if args.layer_costs:
+    if any(m < 1 for m in args.memory):
+      raise configs.ConfigError(f'--memory {" ".join(map(str, args.memory))}: every GTrXL memory must be >= 1')
     return _layer_costs(args.memory)
-  cfg = ginconf.config_from_flags('brt-info', args)
-  if cfg is None:
-    return 2
+  cfg = ginconf.model_config(args.gin_file, args.gin_param)
   if args.devices:
     return _memory_plan(cfg, args)
   total = api.count_params(api.abstract_model(cfg))
@@ -58,19 +67,15 @@ def main(argv: list[str] | None = None) -> int:
 def _memory_plan(cfg, args) -> int:
   """Per-device bytes of parameters, optimiser state and carry for the bound mesh on --devices."""
   import gin  # pylint: disable=import-outside-toplevel
-  from block_recurrent import configs, memory  # pylint: disable=import-outside-toplevel
-  try:
-    train_cfg, mesh_cfg = ginconf.bound(configs.TrainConfig), ginconf.bound(configs.MeshConfig)
-    batch = args.batch_size
-    if not batch:
-      try:
-        batch = gin.query_parameter('configs.DataConfig.batch_size')
-      except ValueError:
-        batch = configs.DataConfig.batch_size
-    plan = memory.plan(cfg, train_cfg, batch, mesh_cfg, args.devices)
-  except configs.ConfigError as e:
-    print(f'brt-info: error: {e}', file=sys.stderr)
-    return 2
+  from block_recurrent import memory  # pylint: disable=import-outside-toplevel
+  train_cfg, mesh_cfg = ginconf.bound(configs.TrainConfig), ginconf.bound(configs.MeshConfig)
+  batch = args.batch_size
+  if not batch:
+    try:
+      batch = gin.query_parameter('configs.DataConfig.batch_size')
+    except ValueError:
+      batch = configs.DataConfig.batch_size
+  plan = memory.plan(cfg, train_cfg, batch, mesh_cfg, args.devices)
   total = api.count_params(api.abstract_model(cfg))
   print(f'parameters: {total:,} ({train_cfg.optimizer})')
   print(memory.describe(plan, args.devices, batch))

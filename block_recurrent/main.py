@@ -5,6 +5,10 @@
     brt-eval --workdir=DIR [--split=test] [--task=pg19_bytes] [--data_dir=...] [--step=N] [--losses_file=F]
     brt-generate --workdir=DIR --prompt="..." --max_new_tokens=N [--temperature --top_k --top_p --seed]
 
+Every command takes --debug. Without it an error is one line on stderr, `PROG: error: ...`, with exit
+status 2 for bad input (configuration, data, vocabulary, checkpoint, flags) and 1 for anything unexpected;
+with it the exception propagates with its traceback.
+
 gin binds ModelConfig, DataConfig, TrainConfig and MeshConfig; the bindings in force are written to
 DIR/config.gin, which brt-eval reads back. Re-running brt-train with the same workdir resumes from its
 newest checkpoint.
@@ -42,10 +46,27 @@ def _workdir_configs(workdir: str, gin_params):
   return _configs([str(config_file)], gin_params)
 
 
+def _check_data(data_cfg) -> None:
+  """The task and its vocabulary, before anything is built or written (no document is read here)."""
+  from block_recurrent.data import tasks, vocab as vocab_lib  # pylint: disable=import-outside-toplevel
+  if data_cfg.task.endswith('_tokens'):
+    vocab_lib.check_model(data_cfg.spm_path or tasks.DEFAULT_SPM)
+  tasks.task(data_cfg.task, data_cfg.data_dir, data_cfg.spm_path)  # an unknown corpus fails here
+
+
+def _check_load_dir(load_dir: str) -> None:
+  from block_recurrent import configs
+  from block_recurrent.train import checkpoint  # pylint: disable=import-outside-toplevel
+  source = checkpoint.path(load_dir) / 'checkpoints'
+  if not source.is_dir() or not any(p.name.isdigit() for p in source.iterdir()):
+    raise configs.ConfigError(f'--load_dir {load_dir} has no checkpoints folder with a checkpoint in it: point it '
+                              'at a brt-train workdir')
+
+
 def main(argv: list[str] | None = None) -> int:
   import gin
 
-  from block_recurrent import configs, ginconf
+  from block_recurrent import cli, configs, ginconf
   parser = argparse.ArgumentParser(prog='brt-train', description=__doc__.splitlines()[0])
   ginconf.add_flags(parser)
   parser.add_argument('--workdir', required=True)
@@ -57,21 +78,28 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--process_id', type=int, default=None, help="this process's index, 0 .. num_processes-1")
   parser.add_argument('--distributed', action='store_true',
                       help="join a multi-process run that JAX detects itself (every worker of a Cloud TPU slice)")
+  cli.add_debug_flag(parser)
   args = parser.parse_args(argv)
-  try:
+
+  def body() -> int:
     model_cfg, data_cfg, train_cfg, mesh_cfg = _configs(args.gin_file, args.gin_param)
+    if args.reset_optimizer and args.load_dir is None:
+      raise configs.ConfigError('--reset_optimizer applies to the parameters --load_dir starts from: add '
+                                '--load_dir=WORKDIR or drop --reset_optimizer')
+    if args.load_dir is not None:
+      _check_load_dir(args.load_dir)
     from block_recurrent import distributed  # pylint: disable=import-outside-toplevel
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id, auto=args.distributed)
+    _check_data(data_cfg)
     import jax  # pylint: disable=import-outside-toplevel
     from block_recurrent.train import loop  # heavy imports only once the config is known to be good
     lead = jax.process_index() == 0  # one process prints; every process trains and checkpoints
     loop.train(model_cfg, data_cfg, train_cfg, mesh_cfg, args.workdir, load_dir=args.load_dir,
                reset_optimizer=args.reset_optimizer, config_text=gin.config_str(),
                echo=lambda line: print(line, flush=True) if lead else None)
-  except configs.ConfigError as e:
-    print(f'brt-train: error: {e}', file=sys.stderr)
-    return 2
-  return 0
+    return 0
+
+  return cli.guarded('brt-train', args.debug, body)
 
 
 def eval_main(argv: list[str] | None = None) -> int:
@@ -79,7 +107,7 @@ def eval_main(argv: list[str] | None = None) -> int:
   segment of every document; prints `bits per byte: X` and `bits per token: X`."""
   import dataclasses
 
-  from block_recurrent import configs
+  from block_recurrent import cli, configs
   parser = argparse.ArgumentParser(prog='brt-eval', description=eval_main.__doc__.splitlines()[0])
   parser.add_argument('--workdir', required=True, help='a brt-train workdir (its config.gin and checkpoints)')
   parser.add_argument('--split', default='validation', help='train, validation or test')
@@ -90,31 +118,56 @@ def eval_main(argv: list[str] | None = None) -> int:
   parser.add_argument('--losses_file', default=None,
                       help='write every token\'s loss (doc_id, position, token, bits) to this TSV file')
   parser.add_argument('--gin_param', action='append', default=[], help='extra binding, e.g. eval_batch_size')
+  cli.add_debug_flag(parser)
   args = parser.parse_args(argv)
-  try:
+
+  def body() -> int:
+    if args.split not in ('train', 'validation', 'test'):
+      raise configs.ConfigError(f'--split {args.split!r}: use train, validation or test')
+    _check_step(args.step)
     model_cfg, data_cfg, train_cfg, mesh_cfg = _workdir_configs(args.workdir, args.gin_param)
     if args.task:
       data_cfg = dataclasses.replace(data_cfg, task=args.task, data_dir=args.data_dir, spm_path=args.spm_path)
     elif args.data_dir or args.spm_path:
       data_cfg = dataclasses.replace(data_cfg, data_dir=args.data_dir or data_cfg.data_dir,
                                      spm_path=args.spm_path or data_cfg.spm_path)
-    if args.split not in ('train', 'validation', 'test'):
-      raise configs.ConfigError(f'--split {args.split!r}: use train, validation or test')
+    _check_data(data_cfg)
     from block_recurrent.train import loop
     result = loop.evaluate_workdir(model_cfg, data_cfg, train_cfg, mesh_cfg, args.workdir, split=args.split,
-                                   step=args.step, losses_file=args.losses_file, echo=lambda line: print(line, flush=True))
-  except configs.ConfigError as e:
-    print(f'brt-eval: error: {e}', file=sys.stderr)
-    return 2
-  print(f'tokens: {result["tokens"]:.0f}  bytes: {result["bytes"]:.0f}  documents: {result["documents"]}')
-  print(f'bits per byte: {result["bits_per_byte"]:.6f}')
-  print(f'bits per token: {result["bits_per_token"]:.6f}')
-  return 0
+                                   step=args.step, losses_file=args.losses_file,
+                                   echo=lambda line: print(line, flush=True))
+    print(f'tokens: {result["tokens"]:.0f}  bytes: {result["bytes"]:.0f}  documents: {result["documents"]}')
+    print(f'bits per byte: {result["bits_per_byte"]:.6f}')
+    print(f'bits per token: {result["bits_per_token"]:.6f}')
+    return 0
+
+  return cli.guarded('brt-eval', args.debug, body)
+
+
+def _check_step(step: int | None) -> None:
+  from block_recurrent import configs
+  if step is not None and step < 0:
+    raise configs.ConfigError(f'--step {step}: give the step of a saved checkpoint, or leave it out for the newest')
+
+
+def _check_sampling(args) -> None:
+  """brt-generate's flags, before the checkpoint is restored (generation.py checks them again)."""
+  import math  # pylint: disable=import-outside-toplevel
+
+  from block_recurrent import configs
+  if args.max_new_tokens < 0:
+    raise configs.ConfigError(f'--max_new_tokens must be >= 0, got {args.max_new_tokens}')
+  if not (math.isfinite(args.temperature) and args.temperature >= 0):
+    raise configs.ConfigError(f'--temperature must be a number >= 0 (0 is greedy), got {args.temperature}')
+  if args.top_k < 0:
+    raise configs.ConfigError(f'--top_k must be >= 0 (0 keeps every token), got {args.top_k}')
+  if not 0.0 < args.top_p <= 1.0:
+    raise configs.ConfigError(f'--top_p must lie in (0, 1] (1 keeps every token), got {args.top_p}')
 
 
 def generate_main(argv: list[str] | None = None) -> int:
   """brt-generate: continues a prompt with a trained workdir's model, streaming the text as it comes."""
-  from block_recurrent import configs
+  from block_recurrent import cli, configs
   parser = argparse.ArgumentParser(prog='brt-generate', description=generate_main.__doc__.splitlines()[0])
   parser.add_argument('--workdir', required=True, help='a brt-train workdir (its config.gin and checkpoints)')
   parser.add_argument('--prompt', default=None, help='the beginning of the document (default: empty)')
@@ -125,10 +178,14 @@ def generate_main(argv: list[str] | None = None) -> int:
   parser.add_argument('--top_p', type=float, default=1.0, help='nucleus sampling mass (1: all)')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: the newest)')
+  cli.add_debug_flag(parser)
   args = parser.parse_args(argv)
-  try:
+
+  def body() -> int:
     if args.prompt is not None and args.prompt_file is not None:
       raise configs.ConfigError('give --prompt or --prompt_file, not both')
+    _check_sampling(args)
+    _check_step(args.step)
     prompt = args.prompt or ''
     if args.prompt_file is not None:
       try:
@@ -138,6 +195,7 @@ def generate_main(argv: list[str] | None = None) -> int:
       except UnicodeDecodeError as e:
         raise configs.ConfigError(f'--prompt_file {args.prompt_file} is not UTF-8 (byte {e.start})') from None
     model_cfg, data_cfg, train_cfg, mesh_cfg = _workdir_configs(args.workdir, [])
+    _check_data(data_cfg)
     from block_recurrent import generation as gen_lib
     from block_recurrent.train import loop
     from flax import nnx
@@ -148,10 +206,9 @@ def generate_main(argv: list[str] | None = None) -> int:
                      top_k=args.top_k, top_p=args.top_p, seed=args.seed, codec=codec,
                      stream=lambda text: print(text, end='', flush=True))
     print()
-  except configs.ConfigError as e:
-    print(f'brt-generate: error: {e}', file=sys.stderr)
-    return 2
-  return 0
+    return 0
+
+  return cli.guarded('brt-generate', args.debug, body)
 
 
 def run() -> None:

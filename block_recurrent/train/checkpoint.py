@@ -8,6 +8,7 @@ checkpoint is skipped with a warning in favour of the previous complete one.
 from __future__ import annotations
 
 import logging
+import re
 
 import orbax.checkpoint as ocp
 from etils import epath
@@ -45,9 +46,16 @@ class Checkpointer:
     return sorted(self.manager.all_steps())
 
   def restore(self, abstract_state, step: int | None = None):
-    """(step, state, cursor) of the newest complete checkpoint (or `step`), or None if there is none."""
-    candidates = [step] if step is not None else self.steps()[::-1]
-    for s in candidates:
+    """(step, state, cursor) of the newest complete checkpoint (or `step`), or None if there is none.
+
+    One that cannot be read (truncated, corrupted) is skipped for the previous one, with a warning once
+    an older one restored; when none can be read that is an error, never a silent fresh start."""
+    steps = self.steps()
+    if step is not None and step not in steps:
+      raise ConfigError(f'{self.directory} has no checkpoint at step {step} (it has '
+                        f'{", ".join(map(str, steps)) or "none"}): pick one of those steps')
+    skipped = []
+    for s in [step] if step is not None else steps[::-1]:
       try:
         restored = self.manager.restore(s, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
@@ -55,10 +63,19 @@ class Checkpointer:
         if _incompatible(e):
           raise ConfigError(f'checkpoint {self.directory}/{s} does not fit this config ({_first_line(e)}): '
                             'use a new --workdir or the config it was trained with') from None
-        logging.warning('checkpoint %s/%s is incomplete or unreadable (%s); trying the previous one',
-                        self.directory, s, _first_line(e))
+        skipped.append((s, f'{type(e).__name__}: {_first_line(e)}'))
         continue
+      for bad, why in skipped:
+        logging.warning('checkpoint %s/%s is incomplete or unreadable (%s); restored %s/%s instead',
+                        self.directory, bad, why, self.directory, s)
       return s, restored['state'], restored['data']
+    if step is not None and skipped:
+      raise ConfigError(f'checkpoint {self.directory}/{step} cannot be read ({skipped[0][1]}): it is truncated or '
+                        'corrupted; pick another step')
+    if skipped:
+      listed = '; '.join(f'step {bad}: {why}' for bad, why in skipped[:2]) + ('; ...' if skipped[2:] else '')
+      raise ConfigError(f'no checkpoint in {self.directory} can be read ({listed}): they are truncated or '
+                        'corrupted; restore them from a copy, or move them away to start afresh')
     return None
 
   def wait(self) -> None:
@@ -70,7 +87,15 @@ class Checkpointer:
 
 
 def _first_line(e: Exception) -> str:
-  return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+  """The gist of an Orbax/TensorStore error: its first sentence (what follows is advice about Orbax's own
+  options), and for a tree mismatch the first entry that differs."""
+  lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+  if not lines:
+    return type(e).__name__
+  gist = lines[0].split('. ')[0].rstrip('.')
+  if gist.endswith(':') and len(lines) >= 4:
+    gist += ' ' + ' '.join(lines[1:4])
+  return re.sub(r"<class '(\w+)'>", r'\1', gist)[:300]
 
 
 def _incompatible(e: Exception) -> bool:
