@@ -33,5 +33,6 @@ setuptools.setup(
                                       'brt-vocab=block_recurrent.data.vocab:run',
                                       'brt-train=block_recurrent.main:run',
                                       'brt-eval=block_recurrent.main:run_eval',
-                                      'brt-generate=block_recurrent.main:run_generate']},
+                                      'brt-generate=block_recurrent.main:run_generate',
+                                      'brt-compare=block_recurrent.compare:run_cli']},
 )

@@ -6,8 +6,8 @@ segment: flat per token) against a vanilla full-attention transformer (quadratic
 Both models are the small size (6 layers, d=256, 8 heads of 32, MLP 1024, byte vocabulary), batch 1, one
 real train step (loss, backward, Adafactor) per measurement. The recurrent model is Rec:fixed:skip with
 window W=128 and 128 states; the vanilla transformer attends causally over the whole segment (W = N, no
-cache). Memory is XLA's plan for the compiled step (arguments + outputs + temporaries), read before it
-runs: a step whose plan exceeds `--memory_gib` (default: 3/4 of this machine's RAM) is reported as out of
+cache). Memory is XLA's plan for the compiled step (arguments + outputs + temporaries; per token: the
+temporaries, i.e. activations), read before it runs: a step whose plan exceeds `--memory_gib` (default: 3/4 of this machine's RAM) is reported as out of
 memory instead of being run, and the vanilla model is not tried at longer segments. Each round times
 every (segment, model) once, so the machine's load hits all alike. `--full` uses the 150M paper models
 (W=512, 512 states; a TPU/GPU host). Target: the recurrent model's time per token at 32k within 1.2x of
@@ -87,10 +87,10 @@ def main():
                   'out of memory' if per_token is None else common.spread(per_token, '{:.0f}'),
                   '' if per_token is None or ref is None else
                   f'{statistics.median(per_token) / statistics.median(ref["us_per_token"]):.2f}',
-                  f'{r["memory_bytes"] / 2 ** 20:,.0f}', f'{r["memory_bytes"] / r["segment"] / 1024:.0f}'])
+                  f'{r["memory_bytes"] / 2 ** 20:,.0f}', f'{r["temp_bytes"] / r["segment"] / 1024:.0f}'])
   text = [f'Scaling with the segment length: one train step, batch 1, {args.rounds} rounds; {common.machine()}', '',
           common.table(['model', 'segment N', 'µs per token (min / median / max)', 'per token vs N=1k',
-                        'XLA memory plan (MiB)', 'memory per token (KiB)'], cells)]
+                        'XLA memory plan (MiB)', 'temporaries per token (KiB)'], cells)]
   rec = [r for r in rows if r['model'] == 'Rec:fixed:skip' and r['us_per_token']]
   if base['Rec:fixed:skip'] is not None and rec:
     ratio = statistics.median(rec[-1]['us_per_token']) / statistics.median(base['Rec:fixed:skip']['us_per_token'])
@@ -104,18 +104,18 @@ def main():
       timed = [r for r in mine if r['us_per_token']]
       ax.plot([r['segment'] for r in timed], [statistics.median(r['us_per_token']) for r in timed], 'o-',
               color=color, label=f'{name}: time')
-      twin.plot([r['segment'] for r in mine], [r['memory_bytes'] / r['segment'] / 1024 for r in mine], 's--',
+      twin.plot([r['segment'] for r in mine], [r['temp_bytes'] / r['segment'] / 1024 for r in mine], 's--',
                 color=color, alpha=0.6, label=f'{name}: memory')
       for r in mine:
         if not r['us_per_token']:
-          twin.annotate('OOM', (r['segment'], r['memory_bytes'] / r['segment'] / 1024), fontsize=7, color=color)
+          twin.annotate('OOM', (r['segment'], r['temp_bytes'] / r['segment'] / 1024), fontsize=7, color=color)
     ax.set_xscale('log', base=2)
     if any(r['us_per_token'] for r in rows):
       ax.set_yscale('log')
     twin.set_yscale('log')
     ax.set_xlabel('segment length N (tokens)')
     ax.set_ylabel('µs per token (solid)')
-    twin.set_ylabel('KiB per token, XLA plan (dashed)')
+    twin.set_ylabel('XLA temporaries, KiB per token (dashed)')
     ax.legend(fontsize=7, loc='upper left')
     ax.set_title('Train step cost per token against segment length', fontsize=9)
 

@@ -253,16 +253,38 @@ class TrainConfig:
   eval_segments: int = 0  # segments per lane per evaluation; 0: the whole validation split
   checkpoint_every: int = 100
   keep_checkpoints: int = 3
+  max_train_seconds: float = 0.0  # stop (checkpoint, evaluate) after this much training time; 0: no limit
+  # Numerical faults: a step whose loss or gradient is not finite leaves parameters and optimiser state
+  # unchanged (counted as `skipped_steps`); this many in a row stop the run, or roll it back.
+  max_consecutive_skips: int = 5
+  nonfinite_rollbacks: int = 0  # times to go back to the last checkpoint (skipping the data read since)
+  inject_nonfinite_steps: tuple[int, ...] = ()  # fault injection for tests: NaN gradients at these steps (as logged)
 
   def __post_init__(self):
+    for name in ('num_steps', 'warmup_steps', 'seed', 'log_every', 'eval_every', 'eval_segments', 'checkpoint_every',
+                 'keep_checkpoints', 'max_consecutive_skips', 'nonfinite_rollbacks'):
+      value = getattr(self, name)
+      _check(isinstance(value, int) and not isinstance(value, bool), f'TrainConfig.{name} must be an integer, got {value!r}')
+    for name in ('learning_rate', 'weight_decay', 'grad_clip', 'max_train_seconds'):
+      value = getattr(self, name)
+      _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+             f'TrainConfig.{name} must be a finite number, got {value!r}')
     _check(self.num_steps > 0, f'TrainConfig.num_steps must be positive, got {self.num_steps}')
     _check(self.optimizer in OPTIMIZERS,
            f'unknown optimizer {self.optimizer!r}: choose one of {", ".join(OPTIMIZERS)}')
     _check(self.schedule in SCHEDULES, f'unknown schedule {self.schedule!r}: choose one of {", ".join(SCHEDULES)}')
     _check(self.learning_rate > 0, f'TrainConfig.learning_rate must be positive, got {self.learning_rate}')
+    _check(self.weight_decay >= 0 and self.grad_clip >= 0,
+           f'TrainConfig.weight_decay and grad_clip must be >= 0, got {self.weight_decay} and {self.grad_clip}')
     for name in ('warmup_steps', 'log_every', 'eval_every', 'eval_segments', 'checkpoint_every'):
       _check(getattr(self, name) >= 0, f'TrainConfig.{name} must be >= 0, got {getattr(self, name)}')
     _check(self.keep_checkpoints >= 1, f'TrainConfig.keep_checkpoints must be >= 1, got {self.keep_checkpoints}')
+    _check(self.max_train_seconds >= 0, f'TrainConfig.max_train_seconds must be >= 0, got {self.max_train_seconds}')
+    _check(self.max_consecutive_skips >= 1,
+           f'TrainConfig.max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}')
+    _check(self.nonfinite_rollbacks >= 0, f'TrainConfig.nonfinite_rollbacks must be >= 0, got {self.nonfinite_rollbacks}')
+    _check(all(isinstance(k, int) and k >= 1 for k in self.inject_nonfinite_steps),
+           f'TrainConfig.inject_nonfinite_steps must be step numbers >= 1, got {self.inject_nonfinite_steps}')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -64,6 +64,8 @@ def _check_load_dir(load_dir: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+  from block_recurrent.train import preemption  # pylint: disable=import-outside-toplevel
+  preemption.install()  # first: a SIGTERM during start-up still ends in a checkpoint and exit status 0
   import gin
 
   from block_recurrent import cli, configs, ginconf
@@ -99,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
                echo=lambda line: print(line, flush=True) if lead else None)
     return 0
 
-  return cli.guarded('brt-train', args.debug, body)
+  try:
+    return cli.guarded('brt-train', args.debug, body)
+  finally:
+    preemption.uninstall()
 
 
 def eval_main(argv: list[str] | None = None) -> int:

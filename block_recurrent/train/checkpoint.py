@@ -39,8 +39,28 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def save(self, step: int, state, cursor: dict, *, force: bool = False) -> bool:
+    self.remove_incomplete()
     return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                            data=ocp.args.JsonSave(cursor)), force=force)
+
+  def remove_incomplete(self) -> list[str]:
+    """Deletes the temporary folders of interrupted saves (a process killed while Orbax was writing), but
+    only those older than the newest complete checkpoint on disk: until a newer one exists they are
+    evidence worth keeping (restore ignores them anyway), and a save still in flight is always newer.
+    Returns the names removed."""
+    children = list(self.directory.iterdir()) if self.directory.exists() else []
+    complete = [int(c.name) for c in children if c.name.isdigit()]
+    if not complete:
+      return []
+    removed = []
+    for child in children:
+      step, _, rest = child.name.partition('.')
+      if rest.startswith('orbax-checkpoint-tmp') and step.isdigit() and int(step) < max(complete):
+        child.rmtree(missing_ok=True)
+        removed.append(child.name)
+    if removed:
+      logging.info('removed incomplete checkpoint folders %s (newest complete: %s)', removed, max(complete))
+    return removed
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())

@@ -178,8 +178,6 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
   workdir = ckpt_lib.path(workdir)
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-      (workdir / 'config.gin').write_text(config_text)
   except OSError as e:
     raise configs.ConfigError(f'cannot write to workdir {workdir}: {e.strerror}') from None
   pid, pcount = jax.process_index(), jax.process_count()
@@ -195,6 +193,11 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
     first_step, state, cursor = restored
     cursor = _sharded_cursor(cursor)
   batchers = _train_batchers(data_cfg, model_cfg.segment_length, cursor)
+  try:  # only once the checkpoints (if any) fit this config: a refused resume keeps the old config.gin
+    if jax.process_index() == 0:
+      (workdir / 'config.gin').write_text(config_text)
+  except OSError as e:
+    raise configs.ConfigError(f'cannot write to workdir {workdir}: {e.strerror}') from None
   if restored is not None:
     echo(f'resumed from {checkpointer.directory}/{first_step}')
   else:
@@ -354,7 +357,7 @@ def _train_batchers(data_cfg: configs.DataConfig, segment_length: int, cursor: d
   shards = data_cfg.data_shards or saved or pcount
   if saved is not None and saved != shards:
     raise configs.ConfigError(f'the checkpoint was written with DataConfig.data_shards={saved}, this run has '
-                              f'{shards}: pass --gin_param=DataConfig.data_shards={saved} (or 0)')
+                              f'{shards}: pass --gin_param=configs.DataConfig.data_shards={saved} (or 0)')
   if shards % pcount or data_cfg.batch_size % shards:
     raise configs.ConfigError(f'DataConfig.data_shards={shards} must be a multiple of the {pcount} processes and '
                               f'divide DataConfig.batch_size={data_cfg.batch_size}: pick another data_shards')
