@@ -15,7 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for `import he
 
 # The longest modules first: with `-n 2 --dist loadfile` each module runs whole on one worker in
 # collection order, so starting the long ones early keeps both workers busy to the end.
-_LONG_FIRST = ('train/test_loop.py', 'train/test_multiprocess.py', 'model/test_linear_lm.py', 'rl/test_a2c.py',
+_LONG_FIRST = ('train/test_faults.py', 'train/test_multiprocess.py', 'train/test_loop.py', 'test_bad_input.py',
+               'test_compare.py', 'model/test_linear_lm.py', 'rl/test_a2c.py',
                'test_sharding.py', 'model/test_decode.py', 'model/test_linear_recurrent.py')
 
 

@@ -13,10 +13,10 @@ import pytest
 
 from block_recurrent.train import faults
 
-NUM_STEPS = 24
+NUM_STEPS = 16
 GIN = ['gin/experiments/tiny/rec_fixed_skip.gin', 'gin/task/pg_mini_bytes.gin']
 PARAMS = [f'configs.TrainConfig.num_steps = {NUM_STEPS}', 'configs.TrainConfig.checkpoint_every = 2',
-          'configs.TrainConfig.log_every = 1', 'configs.TrainConfig.eval_every = 10',
+          'configs.TrainConfig.log_every = 1', 'configs.TrainConfig.eval_every = 8',
           'configs.TrainConfig.eval_segments = 2', 'configs.TrainConfig.warmup_steps = 2',
           'configs.DataConfig.batch_size = 2', 'configs.TrainConfig.keep_checkpoints = 2']
 
