@@ -9,8 +9,10 @@ batch 4 = 2048 tokens per step); `--full` gives config M (d=512, 8 x 64, MLP 204
 256 states), and each dimension has its own flag. A training step is forward, backward and an Adam update of
 one segment, with the XL cache and the recurrent state carried on to the next segment in both. Each round
 times `--steps` steps of each model in turn (the order alternating between rounds), so that the machine's load
-hits both alike; the ratio ours / port is taken within a round. The load average is recorded before, during
-and after: torch on 2 threads slows far more than XLA when another process competes for the cores.
+hits both alike; the ratio ours / port is taken within a round. Each model runs in its own worker
+process, blocked on a pipe while the other one runs (in one process the two thread pools compete). The
+load average is recorded before, during and after: torch on 2 threads slows far more than XLA when
+another process competes for the cores.
 
 The two are not the same architecture (printed under the table): the port has single-head keys/values, a
 gated (GEGLU) FFN sized 2/3 of ff_mult*d per half, rotary (xpos) positions, a causal mask over the previous
@@ -29,6 +31,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -193,6 +196,43 @@ def plot(path, tps, ratios, title):
   plt.close(fig)
 
 
+def _reply(proc, tag: str) -> dict:
+  """The worker's next `@TAG {json}` line (anything else it prints is passed through)."""
+  for line in proc.stdout:
+    if line.startswith(f'@{tag} '):
+      return json.loads(line[len(tag) + 2:])
+    print(line, end='')
+  raise RuntimeError(f'a benchmark worker ended before answering {tag} (exit {proc.wait()})')
+
+
+def worker(a) -> None:
+  """One model in this process: build, compile and warm up on `ready`, then `N` runs N timed steps and
+  replies with the loss, `0` replies with the peak RSS and ends."""
+  sys.stdin.readline()
+  if a.worker == 'ours':
+    run, params, cfg = build_ours(a, a.batch)
+    info = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()
+            if isinstance(v, (int, float, str, bool, tuple, type(None)))}
+    version = ''
+  else:
+    import torch  # pylint: disable=import-outside-toplevel
+    torch.set_num_threads(a.threads)
+    run, params, info = build_port(a, a.batch)
+    version = torch.__version__
+  t0 = time.perf_counter()
+  run(1)  # compilation (ours) / first eager step (port)
+  first = time.perf_counter() - t0
+  run(2)  # warm-up: with a carried cache and state from here on
+  print('@READY ' + json.dumps({'params': int(params), 'first_step': first, 'info': info, 'torch': version}),
+        flush=True)
+  for line in sys.stdin:
+    steps = int(line)
+    if steps == 0:
+      break
+    print('@LOSS ' + json.dumps({'loss': float(run(steps))}), flush=True)
+  print('@RSS ' + json.dumps({'rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}), flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--rounds', type=int, default=5)
@@ -209,6 +249,7 @@ def main():
   parser.add_argument('--port_flash', action='store_true',
                       help="the port's use_flash_attn (F.scaled_dot_product_attention) instead of its einsum")
   parser.add_argument('--gin_param', action='append', default=[], help='extra binding for our model')
+  parser.add_argument('--worker', choices=('ours', 'port'), default=None, help=argparse.SUPPRESS)
   parser.add_argument('--json', default='results/peer_pytorch.json')
   parser.add_argument('--png', default='results/peer_pytorch.png')
   a = parser.parse_args()
@@ -217,20 +258,31 @@ def main():
     if getattr(a, name) is None:
       setattr(a, name, value)
 
-  import torch
-  torch.set_num_threads(a.threads)
+  if a.worker:
+    return worker(a)
   load_before = os.getloadavg()
   t_start = time.perf_counter()
 
-  runners, n_params, first_step, losses = {}, {}, {}, {}
-  ours_run, n_params[OURS], cfg = build_ours(a, a.batch)
-  port_run, n_params[PORT], port_kwargs = build_port(a, a.batch)
-  runners = {OURS: ours_run, PORT: port_run}
-  for name, run in runners.items():
-    t0 = time.perf_counter()
-    run(1)  # compilation (ours) / first eager step (port)
-    first_step[name] = time.perf_counter() - t0
-    run(2)  # warm-up: both with a carried cache and state from here on
+  # Each model lives in its own process, idle (blocked on a pipe) while the other runs: in one process
+  # XLA's and torch's thread pools spin and steal each other's cores.
+  workers = {name: subprocess.Popen([sys.executable, os.path.abspath(__file__), *sys.argv[1:], '--worker', key],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+             for name, key in ((OURS, 'ours'), (PORT, 'port'))}
+  n_params, first_step, losses, info, torch_version = {}, {}, {}, {}, ''
+  for name, proc in workers.items():  # one at a time: compilation never overlaps the other's
+    proc.stdin.write('ready\n')
+    ready = _reply(proc, 'READY')
+    n_params[name], first_step[name], info[name] = ready['params'], ready['first_step'], ready['info']
+    torch_version = ready['torch'] or torch_version
+
+  def runner(proc):
+    def run(steps):
+      proc.stdin.write(f'{steps}\n')
+      return _reply(proc, 'LOSS')['loss']
+    return run
+
+  runners = {name: runner(proc) for name, proc in workers.items()}
+  port_kwargs, cfg = info[PORT], info[OURS]
   tokens_per_step = a.batch * a.segment
 
   times = {name: [] for name in runners}
@@ -243,6 +295,11 @@ def main():
       losses[name] = runners[name](a.steps)
       times[name].append((time.perf_counter() - t0) / a.steps)
   load_after = os.getloadavg()
+  rss_gb = {}
+  for name, proc in workers.items():
+    proc.stdin.write('0\n')
+    rss_gb[name] = _reply(proc, 'RSS')['rss_gb']
+    proc.wait(timeout=60)
   wall = time.perf_counter() - t_start
 
   tps = {name: [tokens_per_step / t for t in ts] for name, ts in times.items()}
@@ -255,11 +312,10 @@ def main():
   shape = (f'{a.layers} layers, d={a.d_model}, {a.heads} heads x {a.head_dim}, MLP {a.mlp_dim}, window {a.window}, '
            f'segment {a.segment}, {a.states} states, recurrent layer {a.recurrent_layer} (port: '
            f'{port_layer(a.recurrent_layer, a.layers)}), batch {a.batch} ({tokens_per_step} tokens/step)')
-  rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
   print(f'\nconfig {config_name}: {shape}')
   print(f'{a.rounds} rounds x {a.steps} steps after compilation and 2 warm-up steps; jax {jax.__version__} '
-        f'({jax.devices()[0].platform}), torch {torch.__version__} with {torch.get_num_threads()} threads, '
+        f'(cpu), torch {torch_version} with {a.threads} threads, one process per model, '
         f'{os.cpu_count()} CPUs, python {platform.python_version()}')
   print(f'load average (1/5/15 min) before: {" ".join(f"{x:.2f}" for x in load_before)}; '
         f'after: {" ".join(f"{x:.2f}" for x in load_after)}; 1-min at each round: '
@@ -280,17 +336,16 @@ def main():
   print('|---|---|---|')
   for aspect, ours, port in differences(a, optimizer_ours):
     print(f'| {aspect} | {ours} | {port} |')
-  print(f'\npeak RSS of this process (both models): {rss_gb:.2f} GB; wall time {wall:.0f} s')
+  print(f'\npeak RSS: ours {rss_gb[OURS]:.2f} GB, port {rss_gb[PORT]:.2f} GB; wall time {wall:.0f} s')
 
   record = {
       'config': config_name, 'shape': shape, 'args': vars(a), 'port_kwargs': port_kwargs,
-      'our_config': {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()
-                     if isinstance(v, (int, float, str, bool, tuple, type(None)))},
+      'our_config': cfg,
       'tokens_per_step': tokens_per_step, 'parameters': n_params, 'first_step_s': first_step,
       'step_s': times, 'tokens_per_s': tps, 'ratio_ours_over_port': ratios,
       'load_before': load_before, 'load_after': load_after, 'load_at_rounds': load_rounds,
       'final_loss': losses, 'peak_rss_gb': rss_gb, 'wall_s': wall,
-      'versions': {'jax': jax.__version__, 'torch': torch.__version__, 'python': sys.version.split()[0]},
+      'versions': {'jax': jax.__version__, 'torch': torch_version, 'python': sys.version.split()[0]},
       'differences': differences(a, optimizer_ours),
   }
   os.makedirs(os.path.dirname(a.json) or '.', exist_ok=True)

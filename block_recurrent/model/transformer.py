@@ -40,11 +40,22 @@ class Layer(nnx.Module):
     if kind == 'recurrent':
       self.state = recurrent.RecurrentState(config, rngs)
 
-  def bias_matrix(self, window: int) -> Array:
-    """T5 bias [H, W, 2W] for a block; computed once per layer per call, reused by every block."""
-    one_hot = attention.relative_one_hot(window, self.config.relative_buckets,
-                                         self.config.relative_max_distance)
-    # A one-hot matmul rather than a gather: its gradient is a matmul too, not a slow scatter-add.
+  def bias_matrix(self, window: int, gather: bool | None = None) -> Array:
+    """T5 bias [H, W, 2W] for a block; computed once per layer per call, reused by every block.
+
+    Small windows use a one-hot matmul (its gradient is a matmul too, not a slow scatter-add); from
+    W = 1024 on, that one-hot constant (W x 2W x buckets floats: 256 MiB at W = 1024, 4 GiB at 4096) would
+    swamp compilation, so the bias is gathered by distance instead (the same values)."""
+    cfg = self.config
+    if gather is None:
+      gather = window * 2 * window * cfg.relative_buckets * 4 > 64 * 2 ** 20
+    if gather:
+      per_distance = self.relative_bias[...][:, attention.distance_buckets(
+          2 * window, cfg.relative_buckets, cfg.relative_max_distance)]  # [H, 2W + 1]
+      q = window + jax.lax.broadcasted_iota(jnp.int32, (window, 2 * window), 0)
+      k = jax.lax.broadcasted_iota(jnp.int32, (window, 2 * window), 1)
+      return per_distance[:, jnp.maximum(q - k, 0)]
+    one_hot = attention.relative_one_hot(window, cfg.relative_buckets, cfg.relative_max_distance)
     return jnp.einsum('hn,qkn->hqk', self.relative_bias[...], one_hot)
 
   def _scale(self, source: int):

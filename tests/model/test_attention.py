@@ -5,6 +5,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from block_recurrent.model import attention
@@ -87,3 +88,29 @@ def test_l2_normalize_unit_norm():
   x = jax.random.normal(jax.random.key(7), (3, 5, 16)) * 10
   norms = np.linalg.norm(np.asarray(attention.l2_normalize(x)), axis=-1)
   np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize('window', [8, 20])
+def test_t5_bias_by_gather_equals_the_one_hot_matmul_values_and_gradients(window):
+  """Large windows gather the bias by distance (the one-hot constant would be GiBs); same numbers."""
+  from flax import nnx
+
+  import block_recurrent as brt
+  from block_recurrent.model import transformer
+  cfg = brt.ModelConfig(vocab_size=260, num_layers=2, d_model=32, num_heads=2, head_dim=16, mlp_dim=64,
+                        window=window, segment_length=2 * window, relative_buckets=8, relative_max_distance=24)
+  layer = transformer.Layer(cfg, 'plain', nnx.Rngs(0))
+  weights = jax.random.normal(jax.random.key(1), (cfg.num_heads, window, 2 * window))
+
+  graphdef, state = nnx.split(layer)
+
+  def loss(state, gather):
+    return jnp.sum(weights * nnx.merge(graphdef, state).bias_matrix(window, gather=gather))
+
+  one_hot, gathered = layer.bias_matrix(window, gather=False), layer.bias_matrix(window, gather=True)
+  assert gathered.shape == (cfg.num_heads, window, 2 * window)
+  np.testing.assert_array_equal(np.asarray(gathered), np.asarray(one_hot))
+  g1, g2 = jax.grad(loss)(state, False), jax.grad(loss)(state, True)
+  assert float(jnp.max(jnp.abs(g1['relative_bias'][...]))) > 0
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
