@@ -137,10 +137,10 @@ def eval_main(argv: list[str] | None = None) -> int:
       data_cfg = dataclasses.replace(data_cfg, data_dir=args.data_dir or data_cfg.data_dir,
                                      spm_path=args.spm_path or data_cfg.spm_path)
     _check_data(data_cfg)
-    from block_recurrent.train import loop
-    result = loop.evaluate_workdir(model_cfg, data_cfg, train_cfg, mesh_cfg, args.workdir, split=args.split,
-                                   step=args.step, losses_file=args.losses_file,
-                                   echo=lambda line: print(line, flush=True))
+    from block_recurrent.train import scoring
+    result = scoring.evaluate_workdir(model_cfg, data_cfg, train_cfg, mesh_cfg, args.workdir, split=args.split,
+                                      step=args.step, losses_file=args.losses_file,
+                                      echo=lambda line: print(line, flush=True))
     print(f'tokens: {result["tokens"]:.0f}  bytes: {result["bytes"]:.0f}  documents: {result["documents"]}')
     print(f'bits per byte: {result["bits_per_byte"]:.6f}')
     print(f'bits per token: {result["bits_per_token"]:.6f}')
@@ -202,9 +202,9 @@ def generate_main(argv: list[str] | None = None) -> int:
     model_cfg, data_cfg, train_cfg, mesh_cfg = _workdir_configs(args.workdir, [])
     _check_data(data_cfg)
     from block_recurrent import generation as gen_lib
-    from block_recurrent.train import loop
+    from block_recurrent.train import scoring
     from flax import nnx
-    s, _, state = loop.restore_workdir(model_cfg, data_cfg, train_cfg, mesh_cfg, args.workdir, args.step)
+    s, _, state = scoring.restore_workdir(model_cfg, data_cfg, train_cfg, mesh_cfg, args.workdir, args.step)
     model = nnx.merge(s.graphdef, state.params)
     codec = gen_lib.codec_for(data_cfg.task, data_cfg.spm_path)
     gen_lib.generate(model, None, prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
