@@ -1,5 +1,6 @@
-"""Soak test of crash safety: a tiny brt-train run killed with SIGKILL at 50 seeded random moments (and
-preempted with SIGTERM at some more), resumed after each, then compared with a run never interrupted.
+"""Soak test of crash safety: a tiny brt-train run killed with SIGKILL at 50 seeded random moments (and,
+with --terms N, preempted with SIGTERM at N more), resumed after each, then compared with a run never
+interrupted.
 
     .venv/bin/python benchmarks/soak.py [--kills 50 --terms 0 --steps 120 --seed 0]
 
