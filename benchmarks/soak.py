@@ -24,12 +24,6 @@ import numpy as np
 from block_recurrent.train import faults
 
 
-def saved_state(workdir: pathlib.Path, step: int):
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  with ocp.CheckpointManager(workdir / 'checkpoints', options=ocp.CheckpointManagerOptions(read_only=True)) as m:
-    return m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--kills', type=int, default=50)
@@ -62,7 +56,7 @@ def main():
   done, final = faults.run_with_interruptions(brt_args(workdir), workdir, plan, env,
                                               echo=lambda line: print(line, flush=True))
   assert final.returncode == 0, final.stderr[-2000:]
-  a, b = saved_state(root / 'reference', args.steps), saved_state(workdir, args.steps)
+  a, b = faults.saved_state(root / 'reference', args.steps), faults.saved_state(workdir, args.steps)
   equal = a['data'] == b['data'] and all(
       np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a['state']), jax.tree.leaves(b['state'])))
   outcomes = collections.Counter((d.signal, d.returncode) for d in done)

@@ -4,7 +4,6 @@ are skipped and reported, and K of them in a row stop the run with a message nam
 checkpoint. Every brt-train here is a real process on one CPU device, sharing a compilation cache."""
 
 import json
-import pathlib
 import signal
 
 import jax
@@ -34,14 +33,6 @@ def env(tmp_path_factory):
   return environment
 
 
-def _saved_state(workdir, step):
-  import orbax.checkpoint as ocp
-  with ocp.CheckpointManager(pathlib.Path(workdir) / 'checkpoints',
-                             options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
-    return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                         data=ocp.args.JsonRestore()))
-
-
 def test_killed_and_preempted_runs_resume_to_the_uninterrupted_parameters(tmp_path, env):
   reference = faults.run_to_end(_args(tmp_path / 'reference'), env)
   assert reference.returncode == 0, reference.stderr[-2000:]
@@ -65,7 +56,7 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_parameters(tmp_pa
   assert sum(bool(d.stopped_line) for d in preempted) >= 4, report
   assert any(d.after_step and d.checkpoints for d in done), report
 
-  a, b = _saved_state(tmp_path / 'reference', NUM_STEPS), _saved_state(workdir, NUM_STEPS)
+  a, b = faults.saved_state(tmp_path / 'reference', NUM_STEPS), faults.saved_state(workdir, NUM_STEPS)
   assert a['data'] == b['data']  # the data cursor
   leaves_a, leaves_b = jax.tree.leaves(a['state']), jax.tree.leaves(b['state'])
   assert len(leaves_a) == len(leaves_b) > 10
@@ -101,7 +92,7 @@ def test_nonfinite_gradients_are_skipped_then_roll_back_then_stop_the_run(tmp_pa
   again = [r for r in train[11:] if r['step'] == 9]
   assert again and again[0]['skipped_steps'] == 1
   # The skipped steps left nothing non-finite behind: checkpoint 8 is the newest and all finite.
-  saved = _saved_state(workdir, 8)
+  saved = faults.saved_state(workdir, 8)
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(saved['state'])
              if np.issubdtype(np.asarray(x).dtype, np.floating))
   assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())[-1] == 8
