@@ -20,6 +20,10 @@ block plus the current one, bias-less LayerNorm and an untied output layer; ours
 a ReLU FFN, T5 relative position biases, L2-normalised keys/queries with learned temperatures, a sliding
 window of exactly W previous tokens, RMSNorm and a tied output embedding.
 
+Ours runs twice, each in its own process: as the paper has it (a key/value head per query head) and with
+kv_heads=1 (multi-query: one key/value head shared by all query heads, in the token layers and the state,
+as the port has); `--no_multi_query` leaves the second out.
+
 Writes results/peer_pytorch.json (raw numbers) and results/peer_pytorch.png (tokens/s per round).
 """
 
@@ -48,7 +52,8 @@ CONFIGS = {  # shared/design/peers.md
     'S': dict(layers=6, d_model=256, heads=8, head_dim=32, mlp_dim=1024, window=128, segment=512, states=128),
     'M': dict(layers=6, d_model=512, heads=8, head_dim=64, mlp_dim=2048, window=256, segment=1024, states=256),
 }
-OURS, PORT = 'ours (JAX/Flax)', 'port (PyTorch 0.4.4)'
+OURS, OURS_MQ, PORT = 'ours (JAX/Flax)', 'ours, multi-query', 'port (PyTorch 0.4.4)'
+WORKERS = {OURS: 'ours', OURS_MQ: 'ours_mq', PORT: 'port'}  # ours_mq: kv_heads=1, the port's single K/V head
 
 
 def port_layer(index: int, layers: int) -> int:
@@ -56,8 +61,9 @@ def port_layer(index: int, layers: int) -> int:
   return (index % layers) + 1
 
 
-def build_ours(a, batch):
-  """(run(steps), parameter count, config) of our model; Adam (or Adafactor) on the whole pytree, jitted."""
+def build_ours(a, batch, kv_heads=None):
+  """(run(steps), parameter count, config) of our model; Adam (or Adafactor) on the whole pytree, jitted.
+  kv_heads=1 gives multi-query attention (gin/options/multi_query.gin)."""
   bindings = ['configs.ModelConfig.dropout_rate = 0.0',
               f'configs.ModelConfig.num_layers = {a.layers}',
               f'configs.ModelConfig.d_model = {a.d_model}',
@@ -68,6 +74,7 @@ def build_ours(a, batch):
               f'configs.ModelConfig.segment_length = {a.segment}',
               f'configs.ModelConfig.num_states = {a.states}',
               f'configs.ModelConfig.recurrent_layers = ({a.recurrent_layer},)',
+              f'configs.ModelConfig.kv_heads = {kv_heads}',
               *a.gin_param]
   cfg = ginconf.model_config([GIN_FILE], bindings)
   model = api.build_model(config=cfg, seed=0)
@@ -163,7 +170,8 @@ def differences(a, optimizer_ours):
       ('token mask', f'sliding window: exactly the {a.window} previous tokens',
        f'previous block (XL) + causal current block: {a.window + 1}..{2 * a.window} keys'),
       ('norms / output', 'RMSNorm; tied output embedding', 'bias-less LayerNorm; untied output layer'),
-      ('recurrent cell', 'fixed gate, skip wiring, state FFN (paper)', 'learned-EMA fixed gate, no state FFN'),
+      ('recurrent cell', 'fixed gate (a learned per-channel EMA), skip wiring: no state FFN (paper)',
+       'learned-EMA fixed gate, no state FFN'),
       ('vocabulary', '260 (bytes + 4 reserved ids)', '256'),
       ('execution', 'XLA-jitted step, layer-major, scan over blocks', 'eager, block-major Python loop'),
       ('dropout', '0 (set for this benchmark)', 'none'),
@@ -184,11 +192,16 @@ def plot(path, tps, ratios, title):
   ax1.set_ylabel('training tokens/s (per round)')
   ax1.set_ylim(bottom=0)
   ax1.grid(axis='y', alpha=0.3)
-  ax2.bar(range(1, len(ratios) + 1), ratios, color='tab:gray')
+  width = 0.8 / len(ratios)
+  for j, (name, rs) in enumerate(ratios.items()):
+    ax2.bar(np.arange(1, len(rs) + 1) + (j - (len(ratios) - 1) / 2) * width, rs, width, label=name)
   ax2.axhline(1.0, color='k', lw=0.8)
-  ax2.set_xticks(range(1, len(ratios) + 1))
+  ax2.axhline(1.5, color='tab:red', lw=0.8, ls='--')
+  ax2.legend(fontsize=7)
+  rounds = len(next(iter(ratios.values())))
+  ax2.set_xticks(range(1, rounds + 1))
   ax2.set_xlabel('round')
-  ax2.set_ylabel('ours / port (tokens/s)')
+  ax2.set_ylabel('ours / port (tokens/s); dashed: 1.5')
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
@@ -209,8 +222,8 @@ def worker(a) -> None:
   """One model in this process: build, compile and warm up on `ready`, then `N` runs N timed steps and
   replies with the loss, `0` replies with the peak RSS and ends."""
   sys.stdin.readline()
-  if a.worker == 'ours':
-    run, params, cfg = build_ours(a, a.batch)
+  if a.worker in ('ours', 'ours_mq'):
+    run, params, cfg = build_ours(a, a.batch, kv_heads=1 if a.worker == 'ours_mq' else None)
     info = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()
             if isinstance(v, (int, float, str, bool, tuple, type(None)))}
     version = ''
@@ -249,7 +262,9 @@ def main():
   parser.add_argument('--port_flash', action='store_true',
                       help="the port's use_flash_attn (F.scaled_dot_product_attention) instead of its einsum")
   parser.add_argument('--gin_param', action='append', default=[], help='extra binding for our model')
-  parser.add_argument('--worker', choices=('ours', 'port'), default=None, help=argparse.SUPPRESS)
+  parser.add_argument('--worker', choices=tuple(WORKERS.values()), default=None, help=argparse.SUPPRESS)
+  parser.add_argument('--no_multi_query', action='store_true',
+                      help='leave out our multi-query variant (kv_heads=1, the port\'s single K/V head)')
   parser.add_argument('--json', default='results/peer_pytorch.json')
   parser.add_argument('--png', default='results/peer_pytorch.png')
   a = parser.parse_args()
@@ -267,7 +282,7 @@ def main():
   # XLA's and torch's thread pools spin and steal each other's cores.
   workers = {name: subprocess.Popen([sys.executable, os.path.abspath(__file__), *sys.argv[1:], '--worker', key],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-             for name, key in ((OURS, 'ours'), (PORT, 'port'))}
+             for name, key in WORKERS.items() if not (a.no_multi_query and key == 'ours_mq')}
   n_params, first_step, losses, info, torch_version = {}, {}, {}, {}, ''
   for name, proc in workers.items():  # one at a time: compilation never overlaps the other's
     proc.stdin.write('ready\n')
@@ -303,7 +318,9 @@ def main():
   wall = time.perf_counter() - t_start
 
   tps = {name: [tokens_per_step / t for t in ts] for name, ts in times.items()}
-  ratios = [o / p for o, p in zip(tps[OURS], tps[PORT])]
+  names = list(workers)
+  ours_names = [n for n in names if n != PORT]
+  ratios = {n: [o / p for o, p in zip(tps[n], tps[PORT])] for n in ours_names}
   optimizer_ours = ('Adam (optax), as the port' if a.our_optimizer == 'adam'
                     else 'Adafactor (optax), as our training')
   config_name = 'M' if a.full else 'S'
@@ -320,29 +337,32 @@ def main():
   print(f'load average (1/5/15 min) before: {" ".join(f"{x:.2f}" for x in load_before)}; '
         f'after: {" ".join(f"{x:.2f}" for x in load_after)}; 1-min at each round: '
         f'{" ".join(f"{x:.2f}" for x in load_rounds)}\n')
-  print(f'| config {config_name} | {OURS} | {PORT} |')
-  print('|---|---|---|')
-  print(f'| parameters | {n_params[OURS]:,} | {n_params[PORT]:,} |')
-  lo, med, hi = zip(*(stats(tps[n]) for n in (OURS, PORT)))
-  print(f'| tokens/s min / median / max | {lo[0]:,.0f} / {med[0]:,.0f} / {hi[0]:,.0f} '
-        f'| {lo[1]:,.0f} / {med[1]:,.0f} / {hi[1]:,.0f} |')
-  print(f'| step ms (median) | {1000 * statistics.median(times[OURS]):.0f} '
-        f'| {1000 * statistics.median(times[PORT]):.0f} |')
-  print(f'| first step s (compilation) | {first_step[OURS]:.1f} | {first_step[PORT]:.1f} |')
-  print(f'| loss after the last round | {losses[OURS]:.3f} | {losses[PORT]:.3f} |')
-  r_lo, r_med, r_hi = stats(ratios)
-  print(f'| tokens/s ours / port per round, min / median / max | {r_lo:.2f} / {r_med:.2f} / {r_hi:.2f} | |')
+  row = lambda label, cells: print(f'| {label} | ' + ' | '.join(cells) + ' |')
+  row(f'config {config_name}', names)
+  print('|---' * (len(names) + 1) + '|')
+  row('parameters', [f'{n_params[n]:,}' for n in names])
+  row('tokens/s min / median / max', [' / '.join(f'{x:,.0f}' for x in stats(tps[n])) for n in names])
+  row('step ms (median)', [f'{1000 * statistics.median(times[n]):.0f}' for n in names])
+  row('first step s (compilation)', [f'{first_step[n]:.1f}' for n in names])
+  row('loss after the last round', [f'{losses[n]:.3f}' for n in names])
+  row('tokens/s over the port\'s, per round: min / median / max',
+      [' / '.join(f'{x:.2f}' for x in stats(ratios[n])) if n in ratios else '1' for n in names])
+  row('peak RSS GB', [f'{rss_gb[n]:.2f}' for n in names])
   print(f'\n| difference | {OURS} | {PORT} |')
   print('|---|---|---|')
   for aspect, ours, port in differences(a, optimizer_ours):
     print(f'| {aspect} | {ours} | {port} |')
-  print(f'\npeak RSS: ours {rss_gb[OURS]:.2f} GB, port {rss_gb[PORT]:.2f} GB; wall time {wall:.0f} s')
+  if OURS_MQ in names:
+    print(f'\n{OURS_MQ}: {OURS} with kv_heads=1 (gin/options/multi_query.gin): one key/value head of '
+          f'{a.head_dim} shared by the {a.heads} query heads in every attention, as the port has; all other '
+          'differences stay.')
+  print(f'\nwall time {wall:.0f} s')
 
   record = {
       'config': config_name, 'shape': shape, 'args': vars(a), 'port_kwargs': port_kwargs,
       'our_config': cfg,
       'tokens_per_step': tokens_per_step, 'parameters': n_params, 'first_step_s': first_step,
-      'step_s': times, 'tokens_per_s': tps, 'ratio_ours_over_port': ratios,
+      'step_s': times, 'tokens_per_s': tps, 'ratio_over_port': ratios,
       'load_before': load_before, 'load_after': load_after, 'load_at_rounds': load_rounds,
       'final_loss': losses, 'peak_rss_gb': rss_gb, 'wall_s': wall,
       'versions': {'jax': jax.__version__, 'torch': torch_version, 'python': sys.version.split()[0]},

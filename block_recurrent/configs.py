@@ -66,6 +66,10 @@ class ModelConfig:
   use_xl_cache: bool = True  # carry the last block's keys/values across segments
   relative_buckets: int = 32
   relative_max_distance: int = 128
+  # Key/value heads. None: one per query head (the paper). 1: multi-query attention, one key/value head
+  # shared by all query heads (as in the PyTorch port); a divisor g of num_heads: grouped-query attention,
+  # query head j reads key/value head j // (num_heads / g). Applies to every token and state attention.
+  kv_heads: int | None = None
 
   # Recurrent linear transformers (relit.md). 'attention' is the block-recurrent family above; 'relit',
   # 'arelit' or 'gtrxl' makes every layer a GRU-gated block around that sequence layer, except the layers
@@ -115,6 +119,10 @@ class ModelConfig:
       _check(isinstance(indices, (tuple, list)) and all(_is_int(i) for i in indices),
              f'ModelConfig.{name} must be a tuple of layer indices, got {indices!r}')
       object.__setattr__(self, name, tuple(indices))  # a gin list too: the config stays hashable
+    _check(self.kv_heads is None or (_is_int(self.kv_heads) and self.kv_heads > 0
+                                     and self.num_heads % self.kv_heads == 0),
+           f'ModelConfig.kv_heads must be None or a positive divisor of num_heads={self.num_heads}, got '
+           f'{self.kv_heads!r}: use None (one per head), 1 (multi-query) or a divisor (grouped)')
     _check(self.window <= self.segment_length,
            f'window {self.window} is larger than segment_length {self.segment_length}: '
            'use a window <= the segment length')
@@ -134,6 +142,8 @@ class ModelConfig:
       _check(self.relit_gate_bias is None or (_is_number(self.relit_gate_bias)
                                               and math.isfinite(self.relit_gate_bias)),
              f'ModelConfig.relit_gate_bias must be None or a finite number, got {self.relit_gate_bias!r}')
+      _check(self.kv_heads is None, f'kv_heads belongs to the attention family; with '
+             f'sequence_layer={self.sequence_layer!r} leave it None')
       _check(not self.recurrent_layers, f'recurrent_layers belong to the attention family; with '
              f'sequence_layer={self.sequence_layer!r} leave them empty')
       _check(self.dropout_rate == 0.0, f'sequence_layer={self.sequence_layer!r} has no dropout: set '
@@ -177,6 +187,15 @@ class ModelConfig:
   @property
   def qkv_dim(self) -> int:
     return self.num_heads * self.head_dim
+
+  @property
+  def key_heads(self) -> int:
+    """Key/value heads: kv_heads, or num_heads when it is None."""
+    return self.num_heads if self.kv_heads is None else self.kv_heads
+
+  @property
+  def kv_dim(self) -> int:
+    return self.key_heads * self.head_dim
 
   def linear_kind(self, index: int) -> str:
     """The sequence layer of layer `index` in a linear model: 'gtrxl' for attention_layers, else its kind."""

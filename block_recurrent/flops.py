@@ -18,7 +18,7 @@ def _gate_params(cfg: ModelConfig, input_dim: int) -> int:
 def state_params(cfg: ModelConfig) -> int:
   """Parameters of one recurrent layer's state side."""
   d, hd, f, h = cfg.d_model, cfg.qkv_dim, cfg.mlp_dim, cfg.num_heads
-  n = 2 * cfg.num_states * d + d + 4 * d * hd + (2 * h if cfg.normalize_keys else 0)
+  n = 2 * cfg.num_states * d + d + 2 * d * (cfg.kv_dim + hd) + (2 * h if cfg.normalize_keys else 0)
   if cfg.wiring in ('skip', 'dual'):
     n += 2 * hd * d + _gate_params(cfg, 2 * hd)
   if cfg.wiring == 'dual':
@@ -31,7 +31,7 @@ def state_params(cfg: ModelConfig) -> int:
 def layer_params(cfg: ModelConfig, kind: str) -> int:
   d, hd, f, h = cfg.d_model, cfg.qkv_dim, cfg.mlp_dim, cfg.num_heads
   sources = 1 if kind == 'plain' else 2
-  n = d + (2 + sources) * d * hd + sources * hd * d + h * cfg.relative_buckets + d + 2 * d * f
+  n = d + d * (2 * cfg.kv_dim + sources * hd) + sources * hd * d + h * cfg.relative_buckets + d + 2 * d * f
   n += sources * h if cfg.normalize_keys else 0
   return n + (state_params(cfg) if kind == 'recurrent' else 0)
 
@@ -48,7 +48,7 @@ def param_count(cfg: ModelConfig) -> int:
 def _state_forward_flops_per_block(cfg: ModelConfig) -> int:
   d, hd, f, s, w = cfg.d_model, cfg.qkv_dim, cfg.mlp_dim, cfg.num_states, cfg.window
   lstm = cfg.gate == 'lstm'
-  n = 2 * s * d * 4 * hd  # Ks, Vs, Qs, Qs2
+  n = 2 * s * d * 2 * (cfg.kv_dim + hd)  # Ks, Vs, Qs, Qs2
   n += 4 * s * s * hd + 4 * s * 2 * w * hd  # states -> states, states -> 2W tokens
   if cfg.wiring in ('skip', 'dual'):
     n += 2 * s * 2 * hd * d + (2 * s * 2 * hd * 2 * d if lstm else 0)
@@ -85,7 +85,7 @@ def forward_flops_per_token(cfg: ModelConfig) -> float:
   for i in range(cfg.total_layers):
     kind = cfg.layer_kind(i)
     sources = 1 if kind == 'plain' else 2
-    total += 2 * d * (2 + sources) * hd + 2 * sources * hd * d + 4 * d * f
+    total += 2 * d * (2 * cfg.kv_dim + sources * hd) + 2 * sources * hd * d + 4 * d * f
     total += 4 * (2 * w) * hd  # token self-attention over 2W keys
     if sources == 2:
       total += 4 * s * hd  # tokens -> states

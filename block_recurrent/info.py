@@ -54,8 +54,8 @@ def _info(args) -> int:
   embedding = flops.embedding_params(cfg)
   kinds = [cfg.layer_kind(i) for i in range(cfg.total_layers)]
   print(f'layers: {cfg.total_layers} (recurrent at {list(cfg.recurrent_indices) or "none"}'
-        f'{", feedback" if cfg.feedback else ""}), d={cfg.d_model}, heads={cfg.num_heads}x{cfg.head_dim}, '
-        f'mlp={cfg.mlp_dim}, vocab={cfg.vocab_size}')
+        f'{", feedback" if cfg.feedback else ""}), d={cfg.d_model}, heads={cfg.num_heads}x{cfg.head_dim}'
+        f'{f" ({cfg.key_heads} key/value)" if cfg.kv_heads is not None else ""}, mlp={cfg.mlp_dim}, vocab={cfg.vocab_size}')
   print(f'segment: {cfg.segment_length} tokens in {cfg.num_blocks} blocks of {cfg.window}'
         + (f'; {cfg.num_states} states, gate {cfg.gate}, wiring {cfg.wiring}' if 'recurrent' in kinds else ''))
   print(f'total parameters: {total}')

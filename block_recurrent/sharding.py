@@ -38,6 +38,8 @@ PARAM_AXES: dict[tuple[str, int], tuple[str | None, ...]] = {
     ('embed', 2): ('vocab', 'embed'),
     ('scale', 1): ('embed',),  # RMSNorm
     ('qkv', 4): ('embed', None, 'heads', 'kv'),
+    ('kv', 4): ('embed', None, 'heads', 'kv'),  # fewer key/value heads (kv_heads): split only if they divide
+    ('q', 4): ('embed', None, 'heads', 'kv'),
     ('out', 4): (None, 'heads', 'kv', 'embed'),
     ('ffn_in', 2): ('embed', 'mlp'),
     ('ffn_in', 4): (None, 'heads', 'kv', 'mlp'),  # the 'single' wiring reads h directly

@@ -24,6 +24,7 @@ VARIANTS = {
     'rec_clear_state': dict(recurrent_layers=(-2,), always_clear_state=True),
     'rec_plain_scaling': dict(recurrent_layers=(-2,), normalize_keys=False),
     'slide_no_xl_cache': dict(use_xl_cache=False),
+    'rec_grouped_kv': dict(recurrent_layers=(-2,), num_heads=4, head_dim=8, kv_heads=2),  # 2 queries per K/V
 }
 RECURRENT = [name for name, kw in VARIANTS.items() if kw.get('recurrent_layers')]
 

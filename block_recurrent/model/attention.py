@@ -78,6 +78,8 @@ def attend(q_BxQxHxD: Array, k_BxKxHxD: Array, v_BxKxHxD: Array, *, scale_H: Arr
            dropout_rate: float = 0.0, dropout_key: Array | None = None) -> Array:
   """Softmax attention with logits = scale * (q.k + bias); the softmax runs in float32.
 
+  k and v may have fewer heads G than q (H, a multiple of G): query head j reads key/value head j // (H/G).
+
   A query whose keys are all masked returns zeros (never NaN), so a document start without a previous
   block simply reads nothing from it. For speed the [B, H, Q, K] tensor is touched as few times as
   possible: the scale goes onto q (and the bias), and the softmax is normalised after the value matmul.
@@ -88,10 +90,17 @@ def attend(q_BxQxHxD: Array, k_BxKxHxD: Array, v_BxKxHxD: Array, *, scale_H: Arr
     scale_h = layers.broadcast_param(scale_h, q_BxQxHxD.shape[:2])
   q = (q_BxQxHxD.astype(jnp.float32) * scale_h).astype(q_BxQxHxD.dtype)
   # Heads-major operands make the batched matmuls contiguous (3x faster on XLA:CPU than letting the
-  # dot transpose them itself); the transposes touch only [B, T, H, D] tensors.
+  # dot transpose them itself); the transposes touch only [B, T, H, D] tensors. With G < H key/value
+  # heads, the H / G query heads of a group are stacked along the rows of one matmul per group.
+  b, num_q, h, _ = q.shape
+  g = k_BxKxHxD.shape[2]
+  if h % g:
+    raise ValueError(f'{h} query heads cannot share {g} key/value heads: kv_heads must divide num_heads')
   heads_major = lambda t: jnp.transpose(t, (0, 2, 1, 3))
-  q, k, v = heads_major(q), heads_major(k_BxKxHxD), heads_major(v_BxKxHxD)
-  logits = jnp.einsum('bhqd,bhkd->bhqk', q, k, preferred_element_type=jnp.float32)
+  grouped = lambda t: t.reshape((b, g, -1) + t.shape[3:])  # [B, H, Q, ...] -> [B, G, H/G * Q, ...]
+  q, k, v = grouped(heads_major(q)), heads_major(k_BxKxHxD), heads_major(v_BxKxHxD)
+  logits = jnp.einsum('bgqd,bgkd->bgqk', q, k, preferred_element_type=jnp.float32)
+  logits = logits.reshape((b, h, num_q, -1))
   if bias_HxQxK is not None and bias_HxQxK.ndim == 4:  # [B, H, Q, K]: a bias per row (decoding)
     logits = logits + bias_HxQxK.astype(jnp.float32) * (scale[:, None, None] if scale.ndim else scale)
   elif bias_HxQxK is not None:
@@ -106,8 +115,8 @@ def attend(q_BxQxHxD: Array, k_BxKxHxD: Array, v_BxKxHxD: Array, *, scale_H: Arr
   if dropout_key is not None and dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, weights.shape)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-  out = jnp.einsum('bhqk,bhkd->bhqd', weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  out = jnp.einsum('bgqk,bgkd->bgqd', grouped(weights.astype(v.dtype)), v, preferred_element_type=jnp.float32)
   inv = 1.0 / total[..., None]  # [B, H, Q, 1]
   if mask_BxQxK is not None:
     inv = inv * jnp.any(mask_BxQxK, axis=-1)[:, None, :, None]
-  return heads_major(out * inv).astype(v_BxKxHxD.dtype)
+  return heads_major(out.reshape((b, h, num_q, -1)) * inv).astype(v_BxKxHxD.dtype)

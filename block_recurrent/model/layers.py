@@ -30,6 +30,33 @@ def project(x: Array, kernel: nnx.Param, spec: str, dtype) -> Array:
   return jnp.einsum(spec, x.astype(dtype), kernel[...].astype(dtype))
 
 
+def attention_kernels(rngs: nnx.Rngs, d: int, queries: int, heads: int, key_heads: int, head_dim: int) -> dict:
+  """The projection parameters of an attention input: keys, values and `queries` query projections.
+
+  With a key/value head per query head: one stacked kernel {'qkv': [d, 2 + queries, H, D]} (K, V, Q...).
+  With fewer key/value heads G: {'kv': [d, 2, G, D], 'q': [d, queries, H, D]}, applied as one matmul.
+  """
+  if key_heads == heads:
+    return {'qkv': variance_scaling(rngs, (d, 2 + queries, heads, head_dim), in_axis=0)}
+  return {'kv': variance_scaling(rngs, (d, 2, key_heads, head_dim), in_axis=0),
+          'q': variance_scaling(rngs, (d, queries, heads, head_dim), in_axis=0)}
+
+
+def keys_values_queries(x: Array, module, dtype) -> tuple[Array, Array, list[Array]]:
+  """(keys [..., G, D], values [..., G, D], [queries [..., H, D]]) of x [..., d] from a module holding
+  the parameters of attention_kernels() as attributes."""
+  if hasattr(module, 'qkv'):
+    k, v, *queries = jnp.unstack(jnp.einsum('...d,dnhk->n...hk', x.astype(dtype), module.qkv[...].astype(dtype)))
+    return k, v, queries
+  kv, q = module.kv[...], module.q[...]
+  d = kv.shape[0]
+  kernel = jnp.concatenate([kv.reshape(d, -1), q.reshape(d, -1)], axis=1).astype(dtype)
+  y = jnp.einsum('...d,de->...e', x.astype(dtype), kernel)  # one matmul for keys, values and queries
+  kvs = y[..., :kv.size // d].reshape(y.shape[:-1] + kv.shape[1:])
+  qs = y[..., kv.size // d:].reshape(y.shape[:-1] + q.shape[1:])
+  return kvs[..., 0, :, :], kvs[..., 1, :, :], [qs[..., i, :, :] for i in range(q.shape[1])]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def broadcast_param(p: Array, leading: tuple[int, ...]) -> Array:
   """p broadcast to leading + p.shape, whose gradient sums the leading axes with a matmul.

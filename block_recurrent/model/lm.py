@@ -44,7 +44,7 @@ class LanguageModel(nnx.Module):
   def init_carry(self, batch_size: int) -> Carry:
     """A carry for `batch_size` rows: empty caches (masked) and the learned initial states."""
     cfg = self.config
-    keys, values = carry_lib.zeros_cache(cfg.total_layers, batch_size, cfg.window, cfg.num_heads,
+    keys, values = carry_lib.zeros_cache(cfg.total_layers, batch_size, cfg.window, cfg.key_heads,
                                          cfg.head_dim, jnp.dtype(cfg.dtype))
     states = tuple(jnp.broadcast_to(layer.state.initial[...], (batch_size,) + layer.state.initial.shape)
                    for layer in self.recurrent_layers)

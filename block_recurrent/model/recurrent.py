@@ -72,7 +72,8 @@ class RecurrentState(nnx.Module):
     self.initial = layers.normal(rngs, (config.num_states, d), 0.1)
     self.ids = layers.normal(rngs, (config.num_states, d), 1.0)
     self.norm = layers.RMSNorm(d)
-    self.qkv = layers.variance_scaling(rngs, (d, 4, h, hd), in_axis=0)  # Ks, Vs, Qs, Qs2
+    for name, kernel in layers.attention_kernels(rngs, d, 2, h, config.key_heads, hd).items():
+      setattr(self, name, kernel)  # qkv [d, 4, H, D] (Ks, Vs, Qs, Qs2), or kv and q (fewer K/V heads)
     if config.normalize_keys:
       self.temperature = nnx.Param(jnp.ones((2, h), jnp.float32))  # self, cross
     two_hd = 2 * h * hd
@@ -102,7 +103,7 @@ class RecurrentState(nnx.Module):
   def project(self, c_BxSxD: Array) -> StateProjections:
     """Keys, values and queries of the state; they depend only on the carried state."""
     c_hat = self.norm(c_BxSxD) + layers.broadcast_param(self.ids[...], c_BxSxD.shape[:1])
-    k, v, q, q2 = jnp.unstack(layers.project(c_hat, self.qkv, 'bsd,dnhk->nbshk', self.dtype))
+    k, v, (q, q2) = layers.keys_values_queries(c_hat, self, self.dtype)
     if self.config.normalize_keys:
       k, q, q2 = (attention.l2_normalize(t) for t in (k, q, q2))
     return StateProjections(k, v, q, q2)

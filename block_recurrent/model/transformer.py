@@ -29,7 +29,8 @@ class Layer(nnx.Module):
     self.cross = kind in ('recurrent', 'feedback')
     sources = 2 if self.cross else 1
     self.attn_norm = layers.RMSNorm(d)
-    self.qkv = layers.variance_scaling(rngs, (d, 2 + sources, h, hd), in_axis=0)  # K, V, Q[, Q2]
+    for name, kernel in layers.attention_kernels(rngs, d, sources, h, config.key_heads, hd).items():
+      setattr(self, name, kernel)  # qkv [d, 2 + sources, H, D] (K, V, Q[, Q2]), or kv and q (fewer K/V heads)
     self.out = layers.variance_scaling(rngs, (sources, h, hd, d), in_axis=(0, 1, 2))
     if config.normalize_keys:
       self.temperature = nnx.Param(jnp.ones((sources, h), jnp.float32))
@@ -70,7 +71,7 @@ class Layer(nnx.Module):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     y = layers.dropout(self.attn_norm(x_BxTxD, dtype), cfg.dropout_rate, dropout_key)
-    k, v, q, *q2 = jnp.unstack(layers.project(y, self.qkv, 'btd,dnhk->nbthk', dtype))
+    k, v, (q, *q2) = layers.keys_values_queries(y, self, dtype)
     if cfg.normalize_keys:
       k, q = attention.l2_normalize(k), attention.l2_normalize(q)
       q2 = [attention.l2_normalize(x) for x in q2]
