@@ -1,6 +1,9 @@
 """Test setup: 8 fake CPU devices and no cloud look-ups, both before jax is imported anywhere."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Tiny models: compilation dominates, so LLVM's optimisation passes are turned down (both sides of every
 # equivalence are compiled the same way; benchmarks never use this).
@@ -11,13 +14,33 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import sys
 
+import jax
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for `import helpers`
 
-# The longest modules first: with `-n 2 --dist loadfile` each module runs whole on one worker in
-# collection order, so starting the long ones early keeps both workers busy to the end.
-_LONG_FIRST = ('train/test_faults.py', 'train/test_multiprocess.py', 'train/test_loop.py', 'test_bad_input.py',
-               'test_compare.py', 'model/test_linear_lm.py', 'rl/test_a2c.py',
-               'test_sharding.py', 'model/test_decode.py', 'model/test_linear_recurrent.py')
+# A compilation cache private to this test process (each xdist worker has its own) and deleted when it
+# exits: a program compiled twice with the same HLO (each in-process brt-train, brt-eval and brt-generate
+# call builds its jitted steps anew) is compiled once. Set through jax.config, not the environment, so
+# that the brt-train subprocesses some tests start do not share it.
+_CACHE = tempfile.mkdtemp(prefix='brt-test-jax-cache-')
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+jax.config.update('jax_compilation_cache_dir', _CACHE)
+
+# The longest modules first, so that both workers stay busy to the end: with `-n 2 --dist loadfile` each
+# module runs whole on one worker, and a free worker takes the next module in this order (kept: see
+# pytest_configure). Roughly by their seconds on 2 busy cores (model/test_lm.py ~300, train/test_faults.py
+# ~250, test_sharding.py ~150, ...); the short modules after them fill the gaps in any order.
+_LONG_FIRST = ('model/test_lm.py', 'train/test_faults.py', 'test_sharding.py', 'train/test_loop.py',
+               'model/test_linear_lm.py', 'model/test_decode.py', 'train/test_multiprocess.py',
+               'model/test_linear_recurrent.py', 'rl/test_a2c.py', 'test_flops.py', 'test_bad_input.py',
+               'test_fuzz.py', 'test_compare.py', 'test_recall.py', 'test_launch.py', 'model/test_attention.py')
+
+
+def pytest_configure(config):
+  # pytest-xdist >= 3.2 reorders loadfile's modules by their number of tests (most first) unless told not
+  # to, which started the 3-test fault-injection module among the last.
+  if hasattr(config.option, 'loadscopereorder'):
+    config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import math
 import time
@@ -35,6 +36,13 @@ def matmul_peak_flops() -> float:
   for _ in range(5):
     f(a).block_until_ready()
   return 5 * 2 * 2048 ** 3 / (time.perf_counter() - t0)
+
+
+@functools.lru_cache(maxsize=None)
+def _peak_flops_of_this_process() -> float:
+  """matmul_peak_flops() measured once per process: train() called again in the same process (brt-compare,
+  the tests) reuses it rather than spending a second or two on every call."""
+  return matmul_peak_flops()
 
 
 def _batch_arrays(batch: segments.Batch) -> dict:
@@ -209,7 +217,7 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
   eval_fn = eval_program(s)
 
   # --- loop ---------------------------------------------------------------------------------------
-  peak = matmul_peak_flops()
+  peak = _peak_flops_of_this_process()
   flops_per_token = flops.train_flops_per_token(model_cfg)
   writer = summaries.MetricsWriter(workdir)
   step_now = int(state.step)

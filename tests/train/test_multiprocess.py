@@ -1,7 +1,7 @@
 """Multi-process training through JAX's distributed runtime on this machine: 2 processes with 4 CPU
-devices each (gloo collectives, coordinator on localhost) train the tiny config exactly as 1 process with
-8 devices does, and a checkpoint the 2-process run wrote is restored by 1 process on another mesh and
-continues with the same losses."""
+devices each (gloo collectives, coordinator on localhost, data parallel) train the tiny config exactly as
+1 process with 8 devices on a 4x2 data x model mesh does, and a checkpoint the 2-process run wrote is
+restored by 1 process on that other mesh and continues with the same losses."""
 
 import json
 import os
@@ -22,16 +22,18 @@ def _args(workdir, steps, *extra):
           + [f'--gin_param=configs.TrainConfig.num_steps = {steps}', f'--workdir={workdir}'])
 
 
-def _env(devices):
+def _env(devices, cache_dir=None):
   env = dict(os.environ)
   env['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={devices} '
                       '--xla_backend_optimization_level=0')
   env['JAX_PLATFORMS'] = 'cpu'
+  if cache_dir:  # one process at a time writes it: the reference run, then the resumed run reads it
+    env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
   return env
 
 
-def _start(args, devices):
-  return subprocess.Popen([sys.executable, '-m', 'block_recurrent.main', *args], env=_env(devices),
+def _start(args, devices, cache_dir=None):
+  return subprocess.Popen([sys.executable, '-m', 'block_recurrent.main', *args], env=_env(devices, cache_dir),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -52,20 +54,28 @@ def _free_port():
     return s.getsockname()[1]
 
 
+# The 1-process runs' mesh: another one than the 2-process run's (data parallel over 8 devices), shared by
+# the reference run and the resumed run, which therefore compile the same programs (once, through a cache).
+OTHER_MESH = ('configs.MeshConfig.data = 4', 'configs.MeshConfig.model = 2')
+
+
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
-  """A 2-process run of 3 steps, and a 1-process 8-device run of 5 steps with the same 2 data shards."""
+  """A 2-process run of 3 steps, and a 1-process 8-device run of 5 steps with the same 2 data shards on a
+  4x2 (data x model) mesh."""
   two, one = tmp_path_factory.mktemp('two'), tmp_path_factory.mktemp('one')
+  cache = tmp_path_factory.mktemp('jax_cache')
   port = _free_port()
   procs = [_start(_args(two, 3) + [f'--coordinator_address=localhost:{port}', '--num_processes=2',
                                    f'--process_id={i}'], devices=4) for i in range(2)]
   outs = [_finish(p) for p in procs]
-  reference = _finish(_start(_args(one, 5, 'configs.DataConfig.data_shards = 2'), devices=8))
-  return two, one, outs, reference
+  reference = _finish(_start(_args(one, 5, 'configs.DataConfig.data_shards = 2', *OTHER_MESH), devices=8,
+                             cache_dir=cache))
+  return two, one, outs, reference, cache
 
 
 def test_two_processes_train_as_one_process_with_eight_devices(runs):
-  two, one, outs, _ = runs
+  two, one, outs, _, _ = runs
   assert 'training pg_mini_bytes' in outs[0] and 'step      3/3' in outs[0]
   assert 'training' not in outs[1] and 'step ' not in outs[1]  # only process 0 prints (gloo may chatter)
   a, b = _losses(two), _losses(one)
@@ -75,8 +85,8 @@ def test_two_processes_train_as_one_process_with_eight_devices(runs):
 
 
 def test_two_process_checkpoint_resumes_in_one_process_on_another_mesh(runs):
-  two, one, _, _ = runs
-  out = _finish(_start(_args(two, 5, 'configs.MeshConfig.data = 4', 'configs.MeshConfig.model = 2'), devices=8))
+  two, one, _, _, cache = runs
+  out = _finish(_start(_args(two, 5, *OTHER_MESH), devices=8, cache_dir=cache))
   assert 'resumed from' in out and 'checkpoints/3' in out
   a, b = _losses(two), _losses(one)
   for step in (4, 5):
