@@ -225,13 +225,17 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
   sums, t_log, t0, last, timed_tokens = {}, time.perf_counter(), time.perf_counter(), {}, 0.0
   clock = _TrainClock()
   skips_in_row, rollbacks_left, last_saved, stopped = 0, train_cfg.nonfinite_rollbacks, step_now, None
+  blind = False  # after a rollback: the restored carry belongs to data that was skipped
   with preemption.handling() as signals:
     while step_now < train_cfg.num_steps:
       parts = [next(b, None) for b in batchers.values()]
       if not distributed.all_true(all(p is not None for p in parts)):  # every process stops together
         echo('the training data ran out (num_epochs reached)')
         break
-      state, metrics = train_fn(state, _put(_batch_arrays(_concat(parts)), s.batch_sh))
+      arrays = _batch_arrays(_concat(parts))
+      if blind:  # every lane starts its context afresh rather than reading a stale carry
+        arrays['start'], blind = np.ones_like(arrays['start']), False
+      state, metrics = train_fn(state, _put(arrays, s.batch_sh))
       if not clock.started:
         jax.block_until_ready(metrics)
         echo(f'first step done {time.perf_counter() - t0:.1f}s after the loop started (compilation included)')
@@ -275,8 +279,9 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
           rollbacks_left -= 1
           back, state, _ = checkpointer.restore(s.target)  # the data cursor stays: the batches since are skipped
           echo(f'{skips_in_row} non-finite steps in a row (to step {done}): rolled back to '
-               f'{checkpointer.directory}/{back}, skipping the data read since ({rollbacks_left} rollbacks left)')
-          step_now, skips_in_row, last_saved = back, 0, back
+               f'{checkpointer.directory}/{back}, skipping the data read since ({rollbacks_left} rollbacks left); '
+               'every lane restarts its context (the restored carry belongs to the skipped data)')
+          step_now, skips_in_row, last_saved, blind = back, 0, back, True
           continue
         writer.close()
         checkpointer.close()

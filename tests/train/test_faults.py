@@ -77,6 +77,7 @@ def test_nonfinite_gradients_are_skipped_then_roll_back_then_stop_the_run(tmp_pa
   out = run.stdout
   assert 'step 3: non-finite loss' in out and 'update skipped (1 in a row)' in out
   assert 'step 11: non-finite loss' in out and 'update skipped (3 in a row)' in out
+  assert 'every lane restarts its context' in out
   rolled = f'3 non-finite steps in a row (to step 11): rolled back to {workdir.resolve()}/checkpoints/8'
   assert out.count(rolled) == 1 and out.count('step 11: non-finite loss') == 2, out[-3000:]
   errors = [line for line in run.stderr.splitlines() if line.startswith('brt-train: error:')]
