@@ -46,7 +46,7 @@ def keys_values_queries(x: Array, module, dtype) -> tuple[Array, Array, list[Arr
   """(keys [..., G, D], values [..., G, D], [queries [..., H, D]]) of x [..., d] from a module holding
   the parameters of attention_kernels() as attributes."""
   if hasattr(module, 'qkv'):
-    k, v, *queries = jnp.unstack(jnp.einsum('...d,dnhk->n...hk', x.astype(dtype), module.qkv[...].astype(dtype)))
+    k, v, *queries = jnp.unstack(project(x, module.qkv, '...d,dnhk->n...hk', dtype))
     return k, v, queries
   kv, q = module.kv[...], module.q[...]
   d = kv.shape[0]

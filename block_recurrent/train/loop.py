@@ -7,7 +7,6 @@ the data cursor; otherwise --load_dir's parameters (fine-tuning) or a fresh init
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import itertools
 import math
@@ -22,7 +21,7 @@ from flax import nnx
 from block_recurrent import configs, distributed, flops, sharding
 from block_recurrent.data import segments, tasks
 from block_recurrent.model import linear_lm
-from block_recurrent.train import checkpoint as ckpt_lib, optim, preemption, step as step_lib, summaries
+from block_recurrent.train import checkpoint as ckpt_lib, optim, preemption, step as step_lib, stream, summaries
 
 LN2 = math.log(2.0)
 
@@ -158,7 +157,7 @@ def evaluate(s: Setup, eval_fn, state: step_lib.TrainState, docs, segment_length
     if (max_segments and i >= max_segments) or distributed.all_true(batch is None):
       break  # every process agrees: each runs the same number of steps
     if batch is None:
-      batch = _padding_batch(lanes, segment_length)
+      batch = stream.padding_batch(lanes, segment_length)
     arrays = _batch_arrays(batch)
     arrays['start'] = arrays['start'] | (i == 0)  # a fresh eval carry: every lane starts clean
     state, stats = eval_fn(state, _put(arrays, s.eval_batch_sh))
@@ -199,8 +198,8 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
   first_step, cursor = 0, None
   if restored is not None:
     first_step, state, cursor = restored
-    cursor = _sharded_cursor(cursor)
-  batchers = _train_batchers(data_cfg, model_cfg.segment_length, cursor)
+    cursor = stream.sharded_cursor(cursor)
+  batchers = stream.train_batchers(data_cfg, model_cfg.segment_length, cursor)
   try:  # only once the checkpoints (if any) fit this config: a refused resume keeps the old config.gin
     if jax.process_index() == 0:
       (workdir / 'config.gin').write_text(config_text)
@@ -232,7 +231,7 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
       if not distributed.all_true(all(p is not None for p in parts)):  # every process stops together
         echo('the training data ran out (num_epochs reached)')
         break
-      arrays = _batch_arrays(_concat(parts))
+      arrays = _batch_arrays(stream.concat(parts))
       if blind:  # every lane starts its context afresh rather than reading a stale carry
         arrays['start'], blind = np.ones_like(arrays['start']), False
       state, metrics = train_fn(state, _put(arrays, s.batch_sh))
@@ -301,7 +300,7 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
       stop = distributed.any_true(signals.pending() or over_time)
       if skips_in_row == 0 and (done % max(train_cfg.checkpoint_every, 1) == 0 or done == train_cfg.num_steps
                                 or stop):
-        checkpointer.save(done, state, _cursor(batchers), force=True if stop else done == train_cfg.num_steps)
+        checkpointer.save(done, state, stream.cursor(batchers), force=True if stop else done == train_cfg.num_steps)
         last_saved = done
       step_now = done
       if stop:  # every process agrees on why: a signal anywhere is a preemption
@@ -353,58 +352,6 @@ class _TrainClock:
       yield
     finally:
       self._paused += time.perf_counter() - t
-
-
-def _sharded_cursor(cursor: dict) -> dict:
-  """A checkpoint's data cursor as {'data_shards': S, 'shards': {str(k): cursor of shard k}} (checkpoints
-  written before data shards existed hold one batcher's cursor: one shard)."""
-  if 'shards' in cursor:
-    return cursor
-  return {'data_shards': 1, 'shards': {'0': cursor}}
-
-
-def _train_batchers(data_cfg: configs.DataConfig, segment_length: int, cursor: dict | None) -> dict:
-  """This process's shards of the training stream: {shard: DocumentBatcher}, restored from `cursor`."""
-  pcount, pid = jax.process_count(), jax.process_index()
-  saved = cursor['data_shards'] if cursor else None
-  shards = data_cfg.data_shards or saved or pcount
-  if saved is not None and saved != shards:
-    raise configs.ConfigError(f'the checkpoint was written with DataConfig.data_shards={saved}, this run has '
-                              f'{shards}: pass --gin_param=configs.DataConfig.data_shards={saved} (or 0)')
-  if shards % pcount or data_cfg.batch_size % shards:
-    raise configs.ConfigError(f'DataConfig.data_shards={shards} must be a multiple of the {pcount} processes and '
-                              f'divide DataConfig.batch_size={data_cfg.batch_size}: pick another data_shards')
-  per = shards // pcount
-  batchers = {}
-  for k in range(pid * per, (pid + 1) * per):
-    docs = tasks.documents(data_cfg.task, 'train', data_dir=data_cfg.data_dir, spm_path=data_cfg.spm_path,
-                           process_index=k, process_count=shards)
-    batchers[k] = segments.DocumentBatcher(docs, batch_size=data_cfg.batch_size // shards,
-                                           segment_length=segment_length, shuffle_seed=data_cfg.shuffle_seed,
-                                           num_epochs=data_cfg.num_epochs)
-    if cursor:
-      batchers[k].restore(cursor['shards'][str(k)])
-  return batchers
-
-
-def _cursor(batchers: dict) -> dict:
-  """The whole stream's cursor (every process's shards), the same on every process."""
-  merged = {}
-  for part in distributed.gather_json({str(k): b.state() for k, b in batchers.items()}):
-    merged.update(part)
-  return {'data_shards': len(merged), 'shards': merged}
-
-
-def _concat(parts: list) -> segments.Batch:
-  return segments.Batch(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])
-                           for f in dataclasses.fields(segments.Batch)})
-
-
-def _padding_batch(rows: int, segment_length: int) -> segments.Batch:
-  """All-padding rows: what a process whose evaluation documents are used up feeds while others finish."""
-  zeros = np.zeros((rows, segment_length), np.int32)
-  return segments.Batch(inputs=zeros, targets=zeros, mask=zeros.astype(bool), start_of_sequence=np.zeros(rows, bool),
-                        num_bytes=np.zeros(rows, np.int64), doc_ids=np.full(rows, -1, np.int64))
 
 
 def _load_parameters(s: Setup, state, load_dir: str, reset_optimizer: bool, echo):
