@@ -107,8 +107,7 @@ class LanguageModel(nnx.Module):
     """Final RMSNorm and the tied output embedding: float32 logits [B, N, V]."""
     dtype = jnp.dtype(self.config.dtype)
     y = self.final_norm(y_BxNxD, dtype)
-    return jnp.einsum('bnd,vd->bnv', y, self.embed[...].astype(dtype),
-                      preferred_element_type=jnp.float32) / math.sqrt(self.config.d_model)
+    return layers.product('bnd,vd->bnv', y, self.embed[...], dtype) / math.sqrt(self.config.d_model)
 
   def _block_form(self, x_BxNxD: Array, carry: Carry, dropout_key: Array | None):
     """The whole stack block by block (the step form): what feedback needs and generation will use."""

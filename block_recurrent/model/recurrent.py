@@ -50,8 +50,7 @@ class LSTMGate(nnx.Module):
     self.bias = layers.normal(rngs, (2, d_model), 0.1)
 
   def __call__(self, c: Array, z: Array, y: Array) -> Array:
-    pre = jnp.einsum('bsy,yge->bsge', y, self.kernel[...].astype(y.dtype),
-                     preferred_element_type=jnp.float32) + self.bias[...]
+    pre = layers.product('bsy,yge->bsge', y, self.kernel[...], y.dtype) + self.bias[...]
     forget = jax.nn.sigmoid(pre[:, :, 0] + 1.0)
     inputs = jax.nn.sigmoid(pre[:, :, 1] - 1.0)
     return forget * c + inputs * z.astype(jnp.float32)
