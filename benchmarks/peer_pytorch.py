@@ -24,12 +24,17 @@ Ours runs twice, each in its own process: as the paper has it (a key/value head 
 kv_heads=1 (multi-query: one key/value head shared by all query heads, in the token layers and the state,
 as the port has); `--no_multi_query` leaves the second out.
 
-Writes results/peer_pytorch.json (raw numbers) and results/peer_pytorch.png (tokens/s per round).
+`--bf16` runs both in mixed precision (ours with dtype=bfloat16, the port's forward under torch.autocast),
+where the CPU has bfloat16 dot products (AVX512-BF16); float32 is the default and the headline comparison.
+
+Writes results/peer_pytorch.json (raw numbers) and results/peer_pytorch.png (tokens/s per round);
+results/peer_pytorch_bf16.* with --bf16.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -75,6 +80,7 @@ def build_ours(a, batch, kv_heads=None):
               f'configs.ModelConfig.num_states = {a.states}',
               f'configs.ModelConfig.recurrent_layers = ({a.recurrent_layer},)',
               f'configs.ModelConfig.kv_heads = {kv_heads}',
+              f"configs.ModelConfig.dtype = '{'bfloat16' if a.bf16 else 'float32'}'",
               *a.gin_param]
   cfg = ginconf.model_config([GIN_FILE], bindings)
   model = api.build_model(config=cfg, seed=0)
@@ -140,11 +146,15 @@ def build_port(a, batch):
   # within one long sequence; here across steps, as our carry is).
   carry = {'memories': [], 'states': []}
 
+  # --bf16: the forward under CPU autocast (bfloat16 matmuls, float32 parameters and optimizer).
+  precision = (lambda: torch.autocast('cpu', dtype=torch.bfloat16)) if a.bf16 else contextlib.nullcontext
+
   def run(steps):
     loss = None
     for _ in range(steps):
-      loss, carry['memories'], carry['states'] = model(
-          tokens, return_loss=True, xl_memories=carry['memories'], states=carry['states'])
+      with precision():
+        loss, carry['memories'], carry['states'] = model(
+            tokens, return_loss=True, xl_memories=carry['memories'], states=carry['states'])
       optimizer.zero_grad(set_to_none=True)
       loss.backward()
       optimizer.step()
@@ -176,6 +186,8 @@ def differences(a, optimizer_ours):
       ('execution', 'XLA-jitted step, layer-major, scan over blocks', 'eager, block-major Python loop'),
       ('dropout', '0 (set for this benchmark)', 'none'),
       ('optimizer', optimizer_ours, 'Adam (torch.optim)'),
+      ('precision', 'bfloat16 matmuls (dtype=bfloat16), float32 parameters, state and softmax' if a.bf16
+       else 'float32', 'bfloat16 autocast of the forward, float32 parameters' if a.bf16 else 'float32'),
   ]
 
 
@@ -262,17 +274,22 @@ def main():
   parser.add_argument('--port_flash', action='store_true',
                       help="the port's use_flash_attn (F.scaled_dot_product_attention) instead of its einsum")
   parser.add_argument('--gin_param', action='append', default=[], help='extra binding for our model')
+  parser.add_argument('--bf16', action='store_true',
+                      help='both in mixed precision: ours with dtype=bfloat16, the port under torch.autocast')
   parser.add_argument('--worker', choices=tuple(WORKERS.values()), default=None, help=argparse.SUPPRESS)
   parser.add_argument('--no_multi_query', action='store_true',
                       help='leave out our multi-query variant (kv_heads=1, the port\'s single K/V head)')
-  parser.add_argument('--json', default='results/peer_pytorch.json')
-  parser.add_argument('--png', default='results/peer_pytorch.png')
+  parser.add_argument('--json', default=None, help='(results/peer_pytorch.json; _bf16.json with --bf16)')
+  parser.add_argument('--png', default=None, help='(results/peer_pytorch.png; _bf16.png with --bf16)')
   a = parser.parse_args()
   base = CONFIGS['M' if a.full else 'S']
   for name, value in base.items():
     if getattr(a, name) is None:
       setattr(a, name, value)
 
+  suffix = '_bf16' if a.bf16 else ''
+  a.json = a.json or f'results/peer_pytorch{suffix}.json'
+  a.png = a.png or f'results/peer_pytorch{suffix}.png'
   if a.worker:
     return worker(a)
   load_before = os.getloadavg()
@@ -326,6 +343,8 @@ def main():
   config_name = 'M' if a.full else 'S'
   if any(getattr(a, n) != v for n, v in base.items()):
     config_name += ' (modified)'
+  if a.bf16:
+    config_name += ', bfloat16'
   shape = (f'{a.layers} layers, d={a.d_model}, {a.heads} heads x {a.head_dim}, MLP {a.mlp_dim}, window {a.window}, '
            f'segment {a.segment}, {a.states} states, recurrent layer {a.recurrent_layer} (port: '
            f'{port_layer(a.recurrent_layer, a.layers)}), batch {a.batch} ({tokens_per_step} tokens/step)')
