@@ -146,7 +146,7 @@ def evaluate(s: Setup, eval_fn, state: step_lib.TrainState, docs, segment_length
   # A process may hold no document of a small split (one book over two hosts): it feeds padding rows.
   eval_batcher = (segments.DocumentBatcher(docs, batch_size=s.eval_batch // jax.process_count(),
                                            segment_length=segment_length, num_epochs=1) if len(docs) else iter(()))
-  state = state._replace(eval_carry=jax.tree.map(jnp.zeros_like, state.eval_carry))
+  state = _fresh_eval_carry(state)
   lanes = s.eval_batch // jax.process_count()
   sums, positions, interrupted = {}, [0] * lanes, False
   for i in itertools.count():
@@ -173,8 +173,14 @@ def evaluate(s: Setup, eval_fn, state: step_lib.TrainState, docs, segment_length
         if doc_id >= 0 and real.any():
           per_token(int(doc_id), positions[lane], batch.targets[lane][real], nll[lane][real])
           positions[lane] += int(real.sum())
-  return state, dict(_summary(sums), tokens=sums.get('tokens', 0.0), bytes=sums.get('bytes', 0.0),
-                     interrupted=interrupted)
+  # Fresh again on return: the saved training state never depends on whether (or how far) an evaluation ran,
+  # so a run preempted during one resumes to the uninterrupted run's state, bitwise.
+  return _fresh_eval_carry(state), dict(_summary(sums), tokens=sums.get('tokens', 0.0),
+                                        bytes=sums.get('bytes', 0.0), interrupted=interrupted)
+
+
+def _fresh_eval_carry(state: step_lib.TrainState) -> step_lib.TrainState:
+  return state._replace(eval_carry=jax.tree.map(jnp.zeros_like, state.eval_carry))
 
 
 def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cfg: configs.TrainConfig,

@@ -39,7 +39,8 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_parameters(tmp_pa
 
   kinds = [signal.SIGKILL] * 5 + [signal.SIGTERM] * 5
   np.random.default_rng(7).shuffle(kinds)
-  plan = faults.schedule(seed=7, kinds=kinds, num_steps=NUM_STEPS, max_delay_s=0.25)
+  # Moments over the first NUM_STEPS - 4 steps: a run resumed near the end can finish before a late moment.
+  plan = faults.schedule(seed=7, kinds=kinds, num_steps=NUM_STEPS - 4, max_delay_s=0.25)
   workdir = tmp_path / 'interrupted'
   done, final = faults.run_with_interruptions(_args(workdir), workdir, plan, env)  # raises on an unreadable one
   assert final.returncode == 0, final.stderr[-2000:]
@@ -53,7 +54,10 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_parameters(tmp_pa
     if d.stopped_line:  # the signal came before the end: the step it finished is checkpointed
       stopped_after = int(d.stopped_line.split('stopped after step ')[1].split(',')[0])
       assert stopped_after >= d.last_logged and d.checkpoints[-1] == stopped_after, report
-  assert sum(bool(d.stopped_line) for d in preempted) >= 4, report
+    else:  # no stop line only when there was nothing left to stop: the run had already completed
+      assert d.checkpoints[-1] == NUM_STEPS, report
+  # How many land mid-run depends on the machine's step time (a fast one can finish first): most do.
+  assert sum(bool(d.stopped_line) for d in preempted) >= 3, report
   assert any(d.after_step and d.checkpoints for d in done), report
 
   a, b = faults.saved_state(tmp_path / 'reference', NUM_STEPS), faults.saved_state(workdir, NUM_STEPS)

@@ -20,7 +20,8 @@ import helpers
 TINY = ['gin/experiments/tiny/rec_fixed_skip.gin', 'gin/task/pg_mini_bytes.gin']
 PARAMS = ['configs.TrainConfig.num_steps = 4', 'configs.TrainConfig.checkpoint_every = 2',
           'configs.TrainConfig.log_every = 1', 'configs.TrainConfig.eval_segments = 2',
-          'configs.TrainConfig.warmup_steps = 2', 'configs.DataConfig.batch_size = 2']
+          'configs.TrainConfig.warmup_steps = 2', 'configs.DataConfig.batch_size = 2',
+          'configs.TrainConfig.eval_every = 2']
 
 
 def _args(workdir, steps=4):
@@ -39,7 +40,7 @@ def _checkpoint_state(workdir, step):
 
 @pytest.fixture(scope='module')
 def whole(tmp_path_factory):
-  """One uninterrupted 4-step tiny run (checkpoints at 2 and 4), shared by the tests below."""
+  """One uninterrupted 4-step tiny run (an evaluation, then checkpoints at 2; 4), shared by the tests below."""
   workdir = tmp_path_factory.mktemp('whole')
   assert brt_train(_args(workdir)) == 0
   return workdir
@@ -99,6 +100,17 @@ def test_eval_carry_never_leaks_into_training():
   after_eval, _ = train(evaluated, _batch(cfg, 2, 1))
   without, _ = train(state, _batch(cfg, 2, 1))
   helpers.assert_close(after_eval.params, without.params, 0.0, 'training after eval')
+
+
+def test_an_evaluation_leaves_no_trace_in_the_saved_state(whole):
+  """Checkpoint 2 is written after the evaluation at step 2: its eval carry is fresh (zeros), as it is
+  when a preemption cuts an evaluation short, so resumed == uninterrupted holds either way."""
+  rows = [json.loads(l) for l in (whole / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in rows if r['split'] == 'validation'] == [2, 4]  # the evaluation ran
+  saved = _checkpoint_state(whole, 2)
+  leaves = jax.tree.leaves(saved['eval_carry'])
+  assert leaves and not any(np.any(np.asarray(x)) for x in leaves)
+  assert any(np.any(np.asarray(x)) for x in jax.tree.leaves(saved['carry']))  # the training carry is kept
 
 
 def test_bad_input_fails_in_one_line_and_keeps_checkpoints(tmp_path, capsys):
