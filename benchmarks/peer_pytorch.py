@@ -20,6 +20,12 @@ block plus the current one, bias-less LayerNorm and an untied output layer; ours
 a ReLU FFN, T5 relative position biases, L2-normalised keys/queries with learned temperatures, a sliding
 window of exactly W previous tokens, RMSNorm and a tied output embedding.
 
+Ours runs data parallel over --cpu_devices XLA CPU devices (default 2, one per core: the batch's rows and
+the carry split over the 'data' mesh axis, parameters replicated, as brt-train runs on a mesh; in one device
+XLA:CPU leaves a core idle through much of the step), with token attention in --attention_sub_blocks query
+groups (default 4; gin/options/sub_blocked_attention.gin). `--cpu_devices 1 --attention_sub_blocks 1` is the
+plain single-device run.
+
 Ours runs twice, each in its own process: as the paper has it (a key/value head per query head) and with
 kv_heads=1 (multi-query: one key/value head shared by all query heads, in the token layers and the state,
 as the port has); `--no_multi_query` leaves the second out.
@@ -50,7 +56,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from block_recurrent import api, ginconf
+from block_recurrent import api, ginconf, sharding
 
 GIN_FILE = 'gin/experiments/small/rec_fixed_skip.gin'
 CONFIGS = {  # shared/design/peers.md
@@ -80,6 +86,7 @@ def build_ours(a, batch, kv_heads=None):
               f'configs.ModelConfig.num_states = {a.states}',
               f'configs.ModelConfig.recurrent_layers = ({a.recurrent_layer},)',
               f'configs.ModelConfig.kv_heads = {kv_heads}',
+              f'configs.ModelConfig.attention_sub_blocks = {a.attention_sub_blocks}',
               f"configs.ModelConfig.dtype = '{'bfloat16' if a.bf16 else 'float32'}'",
               *a.gin_param]
   cfg = ginconf.model_config([GIN_FILE], bindings)
@@ -92,6 +99,14 @@ def build_ours(a, batch, kv_heads=None):
     optimizer = optax.adafactor(1e-2, decay_rate=0.8, momentum=0.9, multiply_by_parameter_scale=True)
   opt_state = optimizer.init(params)
   start = jnp.zeros(batch, bool)
+  # Data parallel over this process's XLA CPU devices (--cpu_devices, one per core), the way brt-train runs
+  # on a mesh: the batch's rows and the carry split over 'data', parameters and optimizer state replicated.
+  mesh = sharding.make_mesh(data=jax.device_count())
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  params, opt_state = jax.device_put((params, opt_state), replicated)
+  start = jax.device_put(start, sharding.batch_sharding(mesh, start.shape))
+  carry = model.init_carry(batch)
+  carry = jax.device_put(carry, sharding.carry_shardings(mesh, carry))
 
   @jax.jit
   def step(params, opt_state, tokens, carry):
@@ -103,9 +118,10 @@ def build_ours(a, batch, kv_heads=None):
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, carry, loss
 
-  state = [params, opt_state, model.init_carry(batch)]
+  state = [params, opt_state, carry]
   # Bytes shifted past the 4 reserved ids of our byte vocabulary (260 ids).
-  tokens = jnp.asarray(np.random.default_rng(0).integers(4, 260, (batch, a.segment)).astype(np.int32))
+  tokens = np.random.default_rng(0).integers(4, 260, (batch, a.segment)).astype(np.int32)
+  tokens = jax.device_put(tokens, sharding.batch_sharding(mesh, tokens.shape))
 
   def run(steps):
     loss = None
@@ -177,13 +193,18 @@ def differences(a, optimizer_ours):
       ('positions', 'T5 relative bias (32 buckets, max distance 128)', 'rotary with xpos scaling'),
       ('attention scores', 'L2-normalised queries/keys, learned temperature (all layers)',
        'dot product / sqrt(D); l2-norm + learned scale only in the recurrent layer'),
-      ('token mask', f'sliding window: exactly the {a.window} previous tokens',
+      ('token mask', f'sliding window: exactly the {a.window} previous tokens'
+       + (f' ({a.attention_sub_blocks} query groups per block, each over the {a.window + a.window // a.attention_sub_blocks}'
+          ' keys its windows reach)' if a.attention_sub_blocks > 1 else ''),
        f'previous block (XL) + causal current block: {a.window + 1}..{2 * a.window} keys'),
       ('norms / output', 'RMSNorm; tied output embedding', 'bias-less LayerNorm; untied output layer'),
       ('recurrent cell', 'fixed gate (a learned per-channel EMA), skip wiring: no state FFN (paper)',
        'learned-EMA fixed gate, no state FFN'),
       ('vocabulary', '260 (bytes + 4 reserved ids)', '256'),
-      ('execution', 'XLA-jitted step, layer-major, scan over blocks', 'eager, block-major Python loop'),
+      ('execution', 'XLA-jitted step, layer-major, scan over blocks; '
+       + (f'data parallel over {a.cpu_devices} XLA CPU devices (one per core)' if a.cpu_devices > 1
+          else 'one XLA CPU device (2 threads)'),
+       f'eager, block-major Python loop; torch with {a.threads} threads'),
       ('dropout', '0 (set for this benchmark)', 'none'),
       ('optimizer', optimizer_ours, 'Adam (torch.optim)'),
       ('precision', 'bfloat16 matmuls (dtype=bfloat16), float32 parameters, state and softmax' if a.bf16
@@ -264,6 +285,12 @@ def main():
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--batch', type=int, default=4)
   parser.add_argument('--threads', type=int, default=2, help='torch.set_num_threads')
+  parser.add_argument('--attention_sub_blocks', type=int, default=4,
+                      help='ours: token attention in this many query groups per block '
+                           '(gin/options/sub_blocked_attention.gin); 1: one [W, 2W] product')
+  parser.add_argument('--cpu_devices', type=int, default=2,
+                      help="XLA CPU devices for ours (one per core), the batch split over them as brt-train's data "
+                           'mesh axis does; 1: one device')
   parser.add_argument('--full', action='store_true', help='config M of peers.md instead of config S')
   for name, value in CONFIGS['S'].items():
     parser.add_argument(f'--{name}', type=int, default=None, help=f'(config S: {value})')
@@ -297,8 +324,13 @@ def main():
 
   # Each model lives in its own process, idle (blocked on a pipe) while the other runs: in one process
   # XLA's and torch's thread pools spin and steal each other's cores.
+  if a.batch % a.cpu_devices:
+    parser.error(f'--batch {a.batch} does not split over --cpu_devices {a.cpu_devices}: pick a divisor')
+  ours_env = dict(os.environ, XLA_FLAGS=(os.environ.get('XLA_FLAGS', '')
+                                         + f' --xla_force_host_platform_device_count={a.cpu_devices}').strip())
   workers = {name: subprocess.Popen([sys.executable, os.path.abspath(__file__), *sys.argv[1:], '--worker', key],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+                                    env=ours_env if key != 'port' else None)
              for name, key in WORKERS.items() if not (a.no_multi_query and key == 'ours_mq')}
   n_params, first_step, losses, info, torch_version = {}, {}, {}, {}, ''
   for name, proc in workers.items():  # one at a time: compilation never overlaps the other's

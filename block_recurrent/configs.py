@@ -93,11 +93,15 @@ class ModelConfig:
   block_major: bool = False
   unroll: bool = False  # a Python loop over blocks instead of lax.scan
   scan_unroll: int = 1  # lax.scan's unroll factor
+  # Token self-attention in this many query groups per block, each over only the keys its windows reach
+  # (attention.attend_window); 1: one [W, 2W] product per block. Must divide window.
+  attention_sub_blocks: int = 1
   remat: str = 'none'
 
   def __post_init__(self):
     positive = ('vocab_size', 'num_layers', 'd_model', 'num_heads', 'head_dim', 'mlp_dim', 'window',
-                'segment_length', 'num_states', 'relative_buckets', 'relative_max_distance', 'scan_unroll')
+                'segment_length', 'num_states', 'relative_buckets', 'relative_max_distance', 'scan_unroll',
+                'attention_sub_blocks')
     for name in positive:
       value = getattr(self, name)
       _check(_is_int(value) and value > 0, f'ModelConfig.{name} must be a positive integer, got {value!r}')
@@ -123,6 +127,9 @@ class ModelConfig:
                                      and self.num_heads % self.kv_heads == 0),
            f'ModelConfig.kv_heads must be None or a positive divisor of num_heads={self.num_heads}, got '
            f'{self.kv_heads!r}: use None (one per head), 1 (multi-query) or a divisor (grouped)')
+    _check(self.window % self.attention_sub_blocks == 0,
+           f'ModelConfig.attention_sub_blocks {self.attention_sub_blocks} does not divide window {self.window}: '
+           'use a divisor of the window (1, 2, 4, ...)')
     _check(self.window <= self.segment_length,
            f'window {self.window} is larger than segment_length {self.segment_length}: '
            'use a window <= the segment length')

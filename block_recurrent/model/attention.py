@@ -122,6 +122,37 @@ def attend(q_BxQxHxD: Array, k_BxKxHxD: Array, v_BxKxHxD: Array, *, scale_H: Arr
   return heads_major(out.reshape((b, h, num_q, -1)) * inv).astype(v_BxKxHxD.dtype)
 
 
+def attend_window(q_BxWxHxD: Array, kw_Bx2WxHxD: Array, vw_Bx2WxHxD: Array, key_valid_Bx2W: Array, *,
+                  scale_H: Array | float, bias_HxWx2W: Array | None, sub_blocks: int = 1,
+                  dropout_rate: float = 0.0, dropout_key: Array | None = None) -> Array:
+  """A block's sliding-window self-attention: W queries over (previous block ++ this block), window_mask().
+
+  With sub_blocks S > 1 the queries run in S groups of P = W / S, each over only the W + P keys its
+  windows reach ((W + P) / 2W of the [W, 2W] scores; the rest are masked anyway). The mask and the T5 bias
+  depend on the query-to-key distance alone, so every group shares the first group's slices of them.
+  The result equals S = 1 up to float rounding (the same unmasked terms, summed in another order).
+  """
+  batch, window = q_BxWxHxD.shape[:2]
+  if sub_blocks <= 1 or window % sub_blocks:
+    mask = window_mask(window)[None] & key_valid_Bx2W[:, None, :]
+    return attend(q_BxWxHxD, kw_Bx2WxHxD, vw_Bx2WxHxD, scale_H=scale_H, bias_HxQxK=bias_HxWx2W,
+                  mask_BxQxK=mask, dropout_rate=dropout_rate, dropout_key=dropout_key)
+  part = window // sub_blocks
+  chunks = 2 * sub_blocks  # of P keys each; group g reads chunks g .. g + S
+
+  def windows(t):  # [B, 2W, ...] -> [B * S, W + P, ...]
+    t = t.reshape((batch, chunks, part) + t.shape[2:])
+    t = jnp.stack([t[:, g:g + sub_blocks + 1] for g in range(sub_blocks)], axis=1)
+    return t.reshape((batch * sub_blocks, window + part) + t.shape[4:])
+
+  mask = window_mask(window)[:part, :window + part][None] & windows(key_valid_Bx2W)[:, None, :]
+  bias = None if bias_HxWx2W is None else bias_HxWx2W[:, :part, :window + part]
+  out = attend(q_BxWxHxD.reshape((batch * sub_blocks, part) + q_BxWxHxD.shape[2:]), windows(kw_Bx2WxHxD),
+               windows(vw_Bx2WxHxD), scale_H=scale_H, bias_HxQxK=bias, mask_BxQxK=mask,
+               dropout_rate=dropout_rate, dropout_key=dropout_key)
+  return out.reshape((batch, window) + out.shape[2:])
+
+
 # The two products of attention, with backward passes written for XLA:CPU. Left to autodiff, the key and
 # value gradients (sum over queries of [Q, K] x [Q, D]) become batched dots contracting both operands'
 # leading axis, which XLA:CPU runs at ~30 GFLOP/s for [128, 256] x [128, 32] heads; computed as

@@ -78,11 +78,9 @@ class Layer(nnx.Module):
     return q, k, v, (q2[0] if q2 else None)
 
   def _self_attention(self, q_BxWxHxD, kw_Bx2WxHxD, vw_Bx2WxHxD, key_valid_Bx2W, bias_HxWx2W, dropout_key):
-    window = q_BxWxHxD.shape[1]
-    mask = attention.window_mask(window)[None] & key_valid_Bx2W[:, None, :]
-    return attention.attend(q_BxWxHxD, kw_Bx2WxHxD, vw_Bx2WxHxD, scale_H=self._scale(0),
-                            bias_HxQxK=bias_HxWx2W, mask_BxQxK=mask, dropout_rate=self.config.dropout_rate,
-                            dropout_key=dropout_key)
+    return attention.attend_window(q_BxWxHxD, kw_Bx2WxHxD, vw_Bx2WxHxD, key_valid_Bx2W, scale_H=self._scale(0),
+                                   bias_HxWx2W=bias_HxWx2W, sub_blocks=self.config.attention_sub_blocks,
+                                   dropout_rate=self.config.dropout_rate, dropout_key=dropout_key)
 
   def _cross_attention(self, q2_BxWxHxD, state_proj: recurrent.StateProjections):
     return attention.attend(q2_BxWxHxD, state_proj.keys, state_proj.values, scale_H=self._scale(1))

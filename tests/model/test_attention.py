@@ -144,3 +144,46 @@ def test_attend_gradients_equal_autodiff_of_plain_attention(heads, kv_heads):
   want = jax.jit(jax.grad(loss(plain), argnums=range(5)))(*args)
   for name, g, w in zip(('q', 'k', 'v', 'temperature', 'bias'), got, want):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize('sub_blocks,kv_heads', [(2, 4), (4, 2), (8, 1), (3, 4)])
+def test_sub_blocked_window_attention_equals_one_block_values_and_gradients(sub_blocks, kv_heads):
+  """attend_window in S query groups (each over only the W + W/S keys its windows reach) gives what one
+  [W, 2W] product gives, for the output and every gradient, with a T5-like bias that varies along both
+  axes and a row whose previous block is invalid (a document start). S = 3 does not divide W = 8: the
+  one-block path runs, so it must match trivially."""
+  w, heads = 8, 4
+  ks = jax.random.split(jax.random.key(5), 6)
+  q = jax.random.normal(ks[0], (3, w, heads, 4))
+  kw = jax.random.normal(ks[1], (3, 2 * w, kv_heads, 4))
+  vw = jax.random.normal(ks[2], (3, 2 * w, kv_heads, 4))
+  # A bias of the query-to-key distance alone, as the T5 bias is (what the groups' shared slice relies on).
+  per_distance = jax.random.normal(ks[3], (heads, 2 * w + 1))
+  bias = per_distance[:, w + np.arange(w)[:, None] - np.arange(2 * w)[None, :]]
+  tau = jnp.linspace(0.5, 2.0, heads)
+  valid = np.ones((3, 2 * w), bool)
+  valid[1, :w] = False  # lane 1 starts a document: nothing before this block
+  cotangent = jax.random.normal(ks[4], (3, w, heads, 4))
+
+  def run(s):
+    def f(q, kw, vw, tau, per_distance):
+      b = per_distance[:, w + np.arange(w)[:, None] - np.arange(2 * w)[None, :]]
+      return attention.attend_window(q, kw, vw, valid, scale_H=tau, bias_HxWx2W=b, sub_blocks=s)
+    out = f(q, kw, vw, tau, per_distance)
+    grads = jax.grad(lambda *xs: jnp.sum(f(*xs) * cotangent), argnums=range(5))(q, kw, vw, tau, per_distance)
+    return out, grads
+
+  (one, one_grads), (sub, sub_grads) = jax.jit(lambda: run(1))(), jax.jit(lambda: run(sub_blocks))()
+  assert float(jnp.max(jnp.abs(one))) > 0.1 and bias.shape == (heads, w, 2 * w)
+  np.testing.assert_allclose(np.asarray(sub), np.asarray(one), atol=1e-5)
+  for name, g, want in zip(('q', 'keys', 'values', 'temperature', 'bias'), sub_grads, one_grads):
+    assert float(jnp.max(jnp.abs(want))) > 0, name
+    np.testing.assert_allclose(np.asarray(g), np.asarray(want), atol=1e-5, err_msg=name)
+
+
+def test_attention_sub_blocks_must_divide_the_window():
+  import block_recurrent as brt  # pylint: disable=import-outside-toplevel
+  import helpers  # pylint: disable=import-outside-toplevel
+  with pytest.raises(brt.ConfigError, match='attention_sub_blocks 3 does not divide window 8'):
+    helpers.config('slide', attention_sub_blocks=3)
+  assert helpers.config('slide', attention_sub_blocks=8).attention_sub_blocks == 8
