@@ -268,7 +268,7 @@ def worker(a) -> None:
   t0 = time.perf_counter()
   run(1)  # compilation (ours) / first eager step (port)
   first = time.perf_counter() - t0
-  run(2)  # warm-up: with a carried cache and state from here on
+  run(5)  # warm-up: with a carried cache and state from here on (the first steps after start-up run slow)
   print('@READY ' + json.dumps({'params': int(params), 'first_step': first, 'info': info, 'torch': version}),
         flush=True)
   for line in sys.stdin:
