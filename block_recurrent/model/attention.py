@@ -166,47 +166,40 @@ def _leading_transposed(x: Array) -> Array:
   return jnp.swapaxes(jax.lax.optimization_barrier(x), -1, -2)
 
 
-@jax.custom_vjp
 def _scores(q_BxGxQxD: Array, k_BxGxKxD: Array) -> Array:
-  """float32 logits [B, G, Q, K] = q . k over D."""
-  return jnp.einsum('bgqd,bgkd->bgqk', q_BxGxQxD, k_BxGxKxD.astype(q_BxGxQxD.dtype),
-                    preferred_element_type=jnp.float32)
+  """float32 logits [B, G, Q, K] = q . k over D, in q's dtype."""
+  return _product(True, q_BxGxQxD.dtype, q_BxGxQxD, k_BxGxKxD)
 
 
-def _scores_fwd(q, k):
-  return _scores(q, k), (q, k.astype(q.dtype), jnp.zeros((0,), k.dtype))
-
-
-def _scores_bwd(res, g):
-  q, k, k_like = res
-  g = g.astype(q.dtype)
-  dq = jnp.einsum('bgqk,bgkd->bgqd', g, k, preferred_element_type=jnp.float32)
-  dk = _leading_transposed(jnp.einsum('bgdq,bgqk->bgdk', jnp.swapaxes(q, -1, -2), g,
-                                      preferred_element_type=jnp.float32))
-  return dq.astype(q.dtype), dk.astype(k_like.dtype)
-
-
-_scores.defvjp(_scores_fwd, _scores_bwd)
-
-
-@jax.custom_vjp
 def _weighted(w_BxGxQxK: Array, v_BxGxKxD: Array) -> Array:
-  """float32 [B, G, Q, D] = sum over keys of weights x values, the weights cast to v's dtype."""
-  return jnp.einsum('bgqk,bgkd->bgqd', w_BxGxQxK.astype(v_BxGxKxD.dtype), v_BxGxKxD,
-                    preferred_element_type=jnp.float32)
+  """float32 [B, G, Q, D] = sum over keys of weights x values, in v's dtype."""
+  return _product(False, v_BxGxKxD.dtype, w_BxGxQxK, v_BxGxKxD)
 
 
-def _weighted_fwd(w, v):
-  return _weighted(w, v), (w.astype(v.dtype), v, jnp.zeros((0,), w.dtype))
+_SPECS = {True: 'bgqd,bgkd->bgqk', False: 'bgqk,bgkd->bgqd'}  # by contract_d; b is [K, D] either way
 
 
-def _weighted_bwd(res, g):
-  w, v, w_like = res
-  g = g.astype(v.dtype)
-  dw = jnp.einsum('bgqd,bgkd->bgqk', g, v, preferred_element_type=jnp.float32)
-  dv = _leading_transposed(jnp.einsum('bgdq,bgqk->bgdk', jnp.swapaxes(g, -1, -2), w,
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _product(contract_d: bool, dtype, a: Array, b: Array) -> Array:
+  """a [B, G, Q, X] times b [B, G, K, D] on operands cast to dtype, in float32: contracting D (the scores,
+  X = D) or K (the weighted values, X = K). b's gradient [K, D] is computed as [D, Q] x [Q, K], transposed."""
+  return jnp.einsum(_SPECS[contract_d], a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _product_fwd(contract_d, dtype, a, b):
+  return (_product(contract_d, dtype, a, b),
+          (a.astype(dtype), b.astype(dtype), jnp.zeros((0,), a.dtype), jnp.zeros((0,), b.dtype)))
+
+
+def _product_bwd(contract_d, dtype, res, g):
+  a, b, a_like, b_like = res
+  g = g.astype(dtype)
+  # a's gradient is the other product of g with b; b's sums over queries: [D, Q] x [Q, K], transposed.
+  da = jnp.einsum(_SPECS[not contract_d], g, b, preferred_element_type=jnp.float32)
+  left, right = (a, g) if contract_d else (g, a)
+  db = _leading_transposed(jnp.einsum('bgdq,bgqk->bgdk', jnp.swapaxes(left, -1, -2), right,
                                       preferred_element_type=jnp.float32))
-  return dw.astype(w_like.dtype), dv.astype(v.dtype)
+  return da.astype(a_like.dtype), db.astype(b_like.dtype)
 
 
-_weighted.defvjp(_weighted_fwd, _weighted_bwd)
+_product.defvjp(_product_fwd, _product_bwd)
