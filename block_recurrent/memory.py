@@ -61,8 +61,8 @@ def plan(model_cfg: configs.ModelConfig, train_cfg: configs.TrainConfig, batch_s
   total = lambda tree: sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree))
   sharded = lambda tree, specs: sum(_shard_bytes(x, s, mesh.shape) for x, s in
                                     zip(jax.tree.leaves(tree), jax.tree.leaves(specs, is_leaf=is_spec)))
-  carry_bytes = sum(_shard_bytes(x, sharding.carry_spec(mesh, x), mesh.shape) for x in jax.tree.leaves(carry))
-  return Plan(dict(mesh.shape), sharded(params, p_specs), sharded(opt_state, o_specs), carry_bytes,
+  return Plan(dict(mesh.shape), sharded(params, p_specs), sharded(opt_state, o_specs),
+              sharded(carry, sharding.carry_specs(mesh, carry)),
               total(params), total(opt_state))
 
 

@@ -1,7 +1,8 @@
 """Meshes and the one table that maps logical axis names to mesh axes.
 
 Model code never names mesh axes. Parameters get logical names from `PARAM_AXES` (by parameter name and
-rank), activations and the carry from `carry_axes` / `BATCH`; `LOGICAL_RULES` maps each logical name to
+rank), the carry from the `LOGICAL_AXES` its types declare (`carry_axes`), activations from `constrain`;
+`LOGICAL_RULES` maps each logical name to
 mesh axes of the ('data', 'fsdp', 'model') mesh. A mesh axis that does not divide a dimension is dropped
 for that array (it is replicated instead), and so is one already used by an earlier dimension, so tiny
 test models run on any mesh.
@@ -126,8 +127,51 @@ def batch_sharding(mesh: Mesh, shape: Sequence[int], rules: dict = LOGICAL_RULES
 
 
 def carry_shardings(mesh: Mesh, carry, rules: dict = LOGICAL_RULES):
-  """The carry: caches [B, W, H, D] over batch and heads, states [B, S, d] over batch and embed."""
-  return jax.tree.map(lambda leaf: NamedSharding(mesh, carry_spec(mesh, leaf, rules)), carry)
+  """NamedShardings for a carry (any typed carry: see carry_axes), e.g. caches over batch and heads."""
+  return jax.tree.map(lambda p: NamedSharding(mesh, p), carry_specs(mesh, carry, rules),
+                      is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def carry_specs(mesh, carry, rules: dict = LOGICAL_RULES):
+  """PartitionSpecs of a carry, from the logical axes its types declare (carry_axes)."""
+  names = carry_axes(carry)
+  return jax.tree.map(lambda leaf, n: spec(n, leaf.shape, mesh, rules), carry, names)
+
+
+def _is_typed(node) -> bool:
+  return isinstance(node, tuple) and hasattr(type(node), '_fields')
+
+
+def carry_axes(carry):
+  """The logical axis names of every leaf of a carry, as declared by the carry's own types.
+
+  Every carry type is a NamedTuple with a class attribute `LOGICAL_AXES`: field name -> the names of
+  that field's dimensions (a field holding a tuple of arrays, one per layer, gives the names of each).
+  A field holding further typed carries (a tuple of per-layer states) is walked into. A leaf that no type
+  declares, or whose rank differs from its declaration, is a ConfigError naming it: axes are never
+  guessed from an array's rank.
+  """
+  def walk(node, where, declared):
+    if _is_typed(node):
+      table = getattr(type(node), 'LOGICAL_AXES', None)
+      if table is None:
+        raise ConfigError(f'carry {where or "(root)"}: type {type(node).__name__} declares no LOGICAL_AXES: '
+                          'add the logical axis names of each of its fields')
+      return type(node)(*(walk(value, f'{where}.{field}', table.get(field))
+                          for field, value in zip(node._fields, node)))
+    if isinstance(node, (tuple, list)):
+      return type(node)(walk(v, f'{where}[{i}]', declared) for i, v in enumerate(node))
+    if node is None:
+      return None
+    if declared is None:
+      raise ConfigError(f'carry leaf {where} (shape {tuple(node.shape)}) has no declared logical axes: '
+                        'declare them in its type\'s LOGICAL_AXES')
+    if len(declared) != len(node.shape):
+      raise ConfigError(f'carry leaf {where} has rank {len(node.shape)} but its type declares '
+                        f'{len(declared)} axes {declared}: fix LOGICAL_AXES')
+    return tuple(declared)
+
+  return walk(carry, '', None)
 
 
 def _path_keys(path) -> tuple:
@@ -165,11 +209,6 @@ def param_specs(mesh, params, rules: dict = LOGICAL_RULES):
   hardware one does not have works (brt-info --devices)."""
   return jax.tree_util.tree_map_with_path(lambda path, leaf: spec(_param_names(path, leaf), leaf.shape, mesh, rules),
                                           params)
-
-
-def carry_spec(mesh, leaf, rules: dict = LOGICAL_RULES) -> PartitionSpec:
-  names = {4: ('batch', None, 'heads', 'kv'), 3: ('batch', 'states', 'embed'), 1: ('batch',)}[leaf.ndim]
-  return spec(names, leaf.shape, mesh, rules)
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:

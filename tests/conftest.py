@@ -30,7 +30,7 @@ jax.config.update('jax_compilation_cache_dir', _CACHE)
 # module runs whole on one worker, and a free worker takes the next module in this order (kept: see
 # pytest_configure). Roughly by their seconds on 2 busy cores (model/test_lm.py ~300, train/test_faults.py
 # ~250, test_sharding.py ~150, ...); the short modules after them fill the gaps in any order.
-_LONG_FIRST = ('model/test_lm.py', 'train/test_faults.py', 'test_sharding.py', 'train/test_loop.py',
+_LONG_FIRST = ('model/test_lm.py', 'train/test_faults.py', 'test_tiny_experiments.py', 'test_sharding.py', 'train/test_loop.py',
                'model/test_linear_lm.py', 'model/test_decode.py', 'train/test_multiprocess.py',
                'model/test_linear_recurrent.py', 'rl/test_a2c.py', 'test_flops.py', 'test_bad_input.py',
                'test_fuzz.py', 'test_compare.py', 'test_recall.py', 'test_launch.py', 'model/test_attention.py')

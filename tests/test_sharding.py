@@ -123,3 +123,68 @@ def test_mesh_strategy_files_build_meshes(gin_file):
   assert sharding.mesh_shape(1, -1, 4, 16) == (1, 4, 4)
   with pytest.raises(brt.ConfigError, match='at most one axis may be -1'):
     sharding.mesh_shape(-1, -1, 1, 8)
+
+
+def _typed_carries():
+  """One carry of every kind, 2 rows and 4 heads: name -> (carry, the PartitionSpecs expected on 2x4)."""
+  from block_recurrent.model import decode
+  rec = brt.build_model(config=helpers.config('rec_fixed_skip', num_heads=4, head_dim=8), seed=0)
+  linear = lambda kind: brt.build_model(config=helpers.config(
+      'slide', sequence_layer=kind, num_heads=4, head_dim=8, dropout_rate=0.0, gtrxl_memory=6), seed=0)
+  P = jax.sharding.PartitionSpec
+  cache = P('data', None, 'model', None)
+  return {
+      'xl caches and recurrent state': (rec.init_carry(2), dict(keys=cache, values=cache, cache_valid=P('data'),
+                                                                 states=P('data', None, None))),
+      'relit': (linear('relit').init_carry(2).states[0], dict(C=P('data', 'model', None, None),
+                                                             s=P('data', 'model', None))),
+      'arelit': (linear('arelit').init_carry(2).states[0], dict(K=P('data', 'model', None, None),
+                                                               V=P('data', 'model', None, None),
+                                                               s=P('data', 'model', None), tau=P('data'))),
+      'gtrxl cache': (linear('gtrxl').init_carry(2).states[0], dict(keys=cache, values=cache,
+                                                                   valid=P('data', None))),
+      'decode state': (decode.init(rec, 2), dict(keys=cache, values=cache, valid=P('data', None),
+                                                 position=P('data'), states=P('data', None, None),
+                                                 state_keys=cache, state_values=cache)),
+  }
+
+
+def test_every_kind_of_carry_gets_the_axes_its_type_declares():
+  mesh = sharding.make_mesh(data=2, model=4)
+  for what, (carry, expected) in _typed_carries().items():
+    specs = sharding.carry_specs(mesh, carry)
+    for field, want in expected.items():
+      for got in jax.tree.leaves(getattr(specs, field), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)):
+        assert got == want, f'{what}.{field}: {got} != {want}'
+    placed = jax.device_put(carry, sharding.carry_shardings(mesh, carry))  # really shards on the 2x4 mesh
+    first = jax.tree.leaves(placed)[0]
+    assert first.addressable_shards[0].data.shape[0] == 1, what
+  # a language model's carry holds the per-layer states; the whole carry resolves
+  lm = brt.build_model(config=helpers.config('slide', sequence_layer='relit', num_heads=4, head_dim=8,
+                                             dropout_rate=0.0, attention_layers=(1,), gtrxl_memory=6), seed=0)
+  carry = lm.init_carry(2)
+  assert len(jax.tree.leaves(sharding.carry_specs(mesh, carry))) >= len(jax.tree.leaves(carry))
+
+
+def test_a_carry_leaf_without_declared_axes_is_an_error_naming_it():
+  from typing import NamedTuple
+  mesh = sharding.make_mesh(data=2, model=4)
+  carry = brt.build_model(config=helpers.config('rec_fixed_skip'), seed=0).init_carry(2)
+
+  class Undeclared(NamedTuple):
+    cache: jax.Array
+
+  class Partly(NamedTuple):
+    keys: jax.Array
+    extra: jax.Array
+    LOGICAL_AXES = {'keys': ('batch', None)}
+
+  with pytest.raises(brt.ConfigError, match=r'Undeclared declares no LOGICAL_AXES'):
+    sharding.carry_specs(mesh, Undeclared(jnp.zeros((2, 3))))
+  with pytest.raises(brt.ConfigError, match=r'carry leaf \.extra \(shape \(2, 3\)\) has no declared logical axes'):
+    sharding.carry_specs(mesh, Partly(jnp.zeros((2, 3)), jnp.zeros((2, 3))))
+  with pytest.raises(brt.ConfigError, match=r'carry leaf \.keys has rank 3 but its type declares 2 axes'):
+    sharding.carry_specs(mesh, Partly(jnp.zeros((2, 3, 4)), jnp.zeros((2,))))
+  with pytest.raises(brt.ConfigError, match=r'carry leaf \[0\] .* has no declared logical axes'):
+    sharding.carry_specs(mesh, (jnp.zeros((2, 3)),))  # a bare array is never guessed from its rank
+  assert sharding.carry_specs(mesh, carry).cache_valid == jax.sharding.PartitionSpec('data')

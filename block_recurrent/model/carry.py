@@ -21,6 +21,9 @@ class Carry(NamedTuple):
   cache_valid: Array  # bool [B]: may the first block of the next segment look at `keys`/`values`?
   states: tuple[Array, ...]  # per recurrent layer [B, S, d], float32
 
+  LOGICAL_AXES = {'keys': ('batch', 'length', 'heads', 'kv'), 'values': ('batch', 'length', 'heads', 'kv'),
+                  'cache_valid': ('batch',), 'states': ('batch', 'states', 'embed')}
+
   @property
   def batch_size(self) -> int:
     return self.cache_valid.shape[0]

@@ -31,6 +31,11 @@ class DecodeState(NamedTuple):
   state_keys: tuple[Array, ...]  # per recurrent layer [B, S, H, D]: what tokens of this block read
   state_values: tuple[Array, ...]
 
+  LOGICAL_AXES = {'keys': ('batch', 'length', 'heads', 'kv'), 'values': ('batch', 'length', 'heads', 'kv'),
+                  'valid': ('batch', 'length'), 'position': ('batch',), 'states': ('batch', 'states', 'embed'),
+                  'state_keys': ('batch', 'states', 'heads', 'kv'),
+                  'state_values': ('batch', 'states', 'heads', 'kv')}
+
   @property
   def batch_size(self) -> int:
     return self.position.shape[0]

@@ -33,6 +33,9 @@ class CacheState(NamedTuple):
   values: Array
   valid: Array  # bool [B, M]: slots holding tokens of the current episode
 
+  LOGICAL_AXES = {'keys': ('batch', 'length', 'heads', 'kv'), 'values': ('batch', 'length', 'heads', 'kv'),
+                  'valid': ('batch', 'length')}
+
 
 def sinusoids(distances: np.ndarray, dim: int) -> np.ndarray:
   inv = 1.0 / (10000 ** (np.arange(0, dim, 2) / dim))

@@ -28,6 +28,8 @@ Array = jax.Array
 class LayerStates(NamedTuple):
   states: tuple[Any, ...]  # per layer: ReLiTState, AReLiTState or gtrxl.CacheState (float32)
 
+  LOGICAL_AXES = {}  # a container: each layer's state declares its own axes
+
   @property
   def batch_size(self) -> int:
     return jax.tree.leaves(self.states)[0].shape[0]
