@@ -16,6 +16,8 @@ WIRINGS = ('skip', 'dual', 'single')
 SEQUENCE_LAYERS = ('attention', 'relit', 'arelit', 'gtrxl')
 REMAT_POLICIES = ('none', 'full', 'dots', 'dots_no_batch')
 DTYPES = ('float32', 'bfloat16')
+LOGIT_SCALES = ('sqrt_d', 'sqrt_vocab')
+DOCUMENT_START_KEYS = ('masked', 'zeros')
 
 
 class ConfigError(ValueError):
@@ -70,6 +72,14 @@ class ModelConfig:
   # shared by all query heads (as in the PyTorch port); a divisor g of num_heads: grouped-query attention,
   # query head j reads key/value head j // (num_heads / g). Applies to every token and state attention.
   kv_heads: int | None = None
+  # At a row's document start the previous block's keys/values are gone. 'masked' (ours): token
+  # self-attention of block 0 and the state's cross-attention see no keys there. 'zeros' (the reference
+  # code): the cache is zeroed and those W zero keys/values are attended to in both places.
+  document_start_keys: str = 'masked'
+
+  # Final logits = RMSNorm(y) @ E^T / sqrt(d) ('sqrt_d': today's reference and ours) or / sqrt(vocab_size)
+  # ('sqrt_vocab': the code the paper ran, 2022; the paper experiments use it).
+  logit_scale: str = 'sqrt_d'
 
   # Recurrent linear transformers (relit.md). 'attention' is the block-recurrent family above; 'relit',
   # 'arelit' or 'gtrxl' makes every layer a GRU-gated block around that sequence layer, except the layers
@@ -167,6 +177,13 @@ class ModelConfig:
     _check(self.remat in REMAT_POLICIES,
            f'unknown remat policy {self.remat!r}: choose one of {", ".join(REMAT_POLICIES)}')
     _check(self.dtype in DTYPES, f'unknown dtype {self.dtype!r}: choose one of {", ".join(DTYPES)}')
+    _check(self.logit_scale in LOGIT_SCALES,
+           f'unknown logit_scale {self.logit_scale!r}: choose one of {", ".join(LOGIT_SCALES)}')
+    _check(self.document_start_keys in DOCUMENT_START_KEYS, f'unknown document_start_keys '
+           f'{self.document_start_keys!r}: choose one of {", ".join(DOCUMENT_START_KEYS)}')
+    _check(self.document_start_keys == 'masked' or (self.use_xl_cache and self.sequence_layer == 'attention'),
+           "document_start_keys='zeros' attends to the zeroed XL cache at a document start: it needs the "
+           "attention family with use_xl_cache=True (or leave it 'masked')")
     total = self.total_layers
     for index in self.recurrent_layers:
       _check(-total <= index < total,

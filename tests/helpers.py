@@ -26,6 +26,8 @@ VARIANTS = {
     'slide_no_xl_cache': dict(use_xl_cache=False),
     'rec_grouped_kv': dict(recurrent_layers=(-2,), num_heads=4, head_dim=8, kv_heads=2),  # 2 queries per K/V
     'rec_sub_blocked': dict(recurrent_layers=(-2,), attention_sub_blocks=4),  # attention in 4 query groups
+    # the reference code's two choices: zero keys attended at a document start, logits / sqrt(vocab)
+    'rec_reference': dict(recurrent_layers=(-2,), document_start_keys='zeros', logit_scale='sqrt_vocab'),
 }
 RECURRENT = [name for name, kw in VARIANTS.items() if kw.get('recurrent_layers')]
 

@@ -74,9 +74,10 @@ def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
 
 
 def attend(q_BxQxHxD: Array, k_BxKxHxD: Array, v_BxKxHxD: Array, *, scale_H: Array | float,
-           bias_HxQxK: Array | None = None, mask_BxQxK: Array | None = None,
+           bias_HxQxK: Array | None = None, mask_BxQxK: Array | None = None, scale_bias: bool = True,
            dropout_rate: float = 0.0, dropout_key: Array | None = None) -> Array:
-  """Softmax attention with logits = scale * (q.k + bias); the softmax runs in float32.
+  """Softmax attention with logits = scale * (q.k + bias), or scale * q.k + bias when scale_bias is False
+  (plain 1/sqrt(D) scaling, as the reference adds the T5 bias after it); the softmax runs in float32.
 
   k and v may have fewer heads G than q (H, a multiple of G): query head j reads key/value head j // (H/G).
 
@@ -101,10 +102,11 @@ def attend(q_BxQxHxD: Array, k_BxKxHxD: Array, v_BxKxHxD: Array, *, scale_H: Arr
   q, k, v = grouped(heads_major(q)), heads_major(k_BxKxHxD), heads_major(v_BxKxHxD)
   logits = _scores(q, k)
   logits = logits.reshape((b, h, num_q, -1))
+  bias_scale = (scale[:, None, None] if scale.ndim else scale) if scale_bias else 1.0
   if bias_HxQxK is not None and bias_HxQxK.ndim == 4:  # [B, H, Q, K]: a bias per row (decoding)
-    logits = logits + bias_HxQxK.astype(jnp.float32) * (scale[:, None, None] if scale.ndim else scale)
+    logits = logits + bias_HxQxK.astype(jnp.float32) * bias_scale
   elif bias_HxQxK is not None:
-    bias = bias_HxQxK.astype(jnp.float32) * (scale[:, None, None] if scale.ndim else scale)
+    bias = bias_HxQxK.astype(jnp.float32) * bias_scale
     logits = logits + layers.broadcast_param(bias, logits.shape[:1])
   if mask_BxQxK is not None:
     # Additive rather than a select: XLA:CPU fuses it ~3x better into the exp that follows.
@@ -124,7 +126,7 @@ def attend(q_BxQxHxD: Array, k_BxKxHxD: Array, v_BxKxHxD: Array, *, scale_H: Arr
 
 def attend_window(q_BxWxHxD: Array, kw_Bx2WxHxD: Array, vw_Bx2WxHxD: Array, key_valid_Bx2W: Array, *,
                   scale_H: Array | float, bias_HxWx2W: Array | None, sub_blocks: int = 1,
-                  dropout_rate: float = 0.0, dropout_key: Array | None = None) -> Array:
+                  scale_bias: bool = True, dropout_rate: float = 0.0, dropout_key: Array | None = None) -> Array:
   """A block's sliding-window self-attention: W queries over (previous block ++ this block), window_mask().
 
   With sub_blocks S > 1 the queries run in S groups of P = W / S, each over only the W + P keys its
@@ -136,7 +138,7 @@ def attend_window(q_BxWxHxD: Array, kw_Bx2WxHxD: Array, vw_Bx2WxHxD: Array, key_
   if sub_blocks <= 1 or window % sub_blocks:
     mask = window_mask(window)[None] & key_valid_Bx2W[:, None, :]
     return attend(q_BxWxHxD, kw_Bx2WxHxD, vw_Bx2WxHxD, scale_H=scale_H, bias_HxQxK=bias_HxWx2W,
-                  mask_BxQxK=mask, dropout_rate=dropout_rate, dropout_key=dropout_key)
+                  mask_BxQxK=mask, scale_bias=scale_bias, dropout_rate=dropout_rate, dropout_key=dropout_key)
   part = window // sub_blocks
   chunks = 2 * sub_blocks  # of P keys each; group g reads chunks g .. g + S
 
@@ -148,7 +150,7 @@ def attend_window(q_BxWxHxD: Array, kw_Bx2WxHxD: Array, vw_Bx2WxHxD: Array, key_
   mask = window_mask(window)[:part, :window + part][None] & windows(key_valid_Bx2W)[:, None, :]
   bias = None if bias_HxWx2W is None else bias_HxWx2W[:, :part, :window + part]
   out = attend(q_BxWxHxD.reshape((batch * sub_blocks, part) + q_BxWxHxD.shape[2:]), windows(kw_Bx2WxHxD),
-               windows(vw_Bx2WxHxD), scale_H=scale_H, bias_HxQxK=bias, mask_BxQxK=mask,
+               windows(vw_Bx2WxHxD), scale_H=scale_H, bias_HxQxK=bias, mask_BxQxK=mask, scale_bias=scale_bias,
                dropout_rate=dropout_rate, dropout_key=dropout_key)
   return out.reshape((batch, window) + out.shape[2:])
 

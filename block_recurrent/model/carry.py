@@ -36,15 +36,17 @@ def zeros_cache(num_layers: int, batch: int, window: int, heads: int, head_dim: 
 
 
 def reset_where(carry: Carry, start_B: Array, initial_states: tuple[Array, ...], *, clear_all: bool,
-                keep_cache: bool) -> Carry:
+                keep_cache: bool, zero_keys_at_start: bool = False) -> Carry:
   """Rows flagged start_of_sequence forget the previous document: the state becomes the learned initial
-  state and the cache is marked invalid (masked out, not merely zeroed)."""
+  state and the cache is zeroed and marked invalid (masked out, not merely zeroed), or, with
+  zero_keys_at_start (the reference code's behaviour), zeroed and left visible."""
   reset = jnp.ones_like(start_B) if clear_all else start_B
   states = tuple(jnp.where(reset[:, None, None], init_SxD[None].astype(jnp.float32), s)
                  for s, init_SxD in zip(carry.states, initial_states))
-  valid = carry.cache_valid & ~start_B
+  keep = carry.cache_valid & ~start_B
   if not keep_cache:
-    valid = jnp.zeros_like(valid)
-  zero = lambda x: jnp.where(valid[:, None, None, None], x, jnp.zeros_like(x))
+    keep = jnp.zeros_like(keep)
+  zero = lambda x: jnp.where(keep[:, None, None, None], x, jnp.zeros_like(x))
+  valid = keep | start_B if zero_keys_at_start else keep
   return Carry(keys=tuple(map(zero, carry.keys)), values=tuple(map(zero, carry.values)),
                cache_valid=valid, states=states)

@@ -77,6 +77,11 @@ def _begin(model, ds: DecodeState, start_B: Array) -> DecodeState:
   segment_start = position % cfg.segment_length == 0
   clear_slots = start_B | (segment_start & (not cfg.use_xl_cache))
   valid = ds.valid & ~clear_slots[:, None]
+  if cfg.document_start_keys == 'zeros':  # the reference: a zeroed previous block that is attended to
+    previous = jnp.arange(2 * cfg.window) < cfg.window
+    valid = valid | (start_B[:, None] & previous[None])
+    zero = lambda t: jnp.where(start_B[:, None, None, None], jnp.zeros_like(t), t)
+    ds = ds._replace(keys=tuple(map(zero, ds.keys)), values=tuple(map(zero, ds.values)))
   reset = start_B | (segment_start & cfg.always_clear_state)
   ds = ds._replace(position=position, valid=valid)
   if not model.recurrent_layers:

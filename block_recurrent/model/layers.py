@@ -21,6 +21,11 @@ def variance_scaling(rngs: nnx.Rngs, shape, in_axis, scale: float = 1.0) -> nnx.
   return nnx.Param(init(rngs.params(), shape, jnp.float32))
 
 
+def logit_divisor(config) -> float:
+  """What the tied output embedding's logits are divided by (ModelConfig.logit_scale)."""
+  return math.sqrt(config.vocab_size if config.logit_scale == 'sqrt_vocab' else config.d_model)
+
+
 def normal(rngs: nnx.Rngs, shape, stddev: float) -> nnx.Param:
   return nnx.Param(stddev * jax.random.normal(rngs.params(), shape, jnp.float32))
 

@@ -10,7 +10,6 @@ each layer's recurrent state (ReLiT's C and s, AReLiT's factors and counter, GTr
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -91,7 +90,7 @@ class LinearLanguageModel(nnx.Module):
       x = sharding.constrain(x, ('batch', None, None))
       states.append(state)
     y = self.final_norm(x)
-    logits = jnp.einsum('btd,vd->btv', y, self.embed[...]) / math.sqrt(cfg.d_model)
+    logits = jnp.einsum('btd,vd->btv', y, self.embed[...]) / layers.logit_divisor(cfg)
     return logits, LayerStates(tuple(states))
 
   # The generation contract (generation.py calls these when a model has them).

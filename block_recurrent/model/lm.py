@@ -1,7 +1,7 @@
 """The decoder language model: (tokens, carry, start_of_sequence) -> (logits, carry).
 
     tokens [B, N] -> embed -> blocks of W tokens, scanned in order through all layers -> RMSNorm
-                  -> logits = y @ E^T / sqrt(d)  (tied embedding)
+                  -> logits = y @ E^T / sqrt(d)  (tied embedding; / sqrt(V) with logit_scale='sqrt_vocab')
 
 The carry (model/carry.py) holds each layer's last keys/values and each recurrent layer's state. Inside a
 segment it flows from block to block with gradients; between segments it is passed in and out by the
@@ -10,7 +10,6 @@ caller, and gradients stop at the segment boundary (truncated backpropagation th
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +47,9 @@ class LanguageModel(nnx.Module):
                                          cfg.head_dim, jnp.dtype(cfg.dtype))
     states = tuple(jnp.broadcast_to(layer.state.initial[...], (batch_size,) + layer.state.initial.shape)
                    for layer in self.recurrent_layers)
-    return Carry(keys=keys, values=values, cache_valid=jnp.zeros((batch_size,), bool), states=states)
+    # With document_start_keys='zeros' a fresh cache is the reference's: zeros that are attended to.
+    valid = jnp.full((batch_size,), cfg.document_start_keys == 'zeros')
+    return Carry(keys=keys, values=values, cache_valid=valid, states=states)
 
   def check_inputs(self, tokens_BxN, carry: Carry, start_B) -> None:
     """Clear one-line errors for inputs that cannot work, before anything reaches XLA."""
@@ -96,7 +97,8 @@ class LanguageModel(nnx.Module):
     carry = jax.tree.map(jax.lax.stop_gradient, carry)
     carry = carry_lib.reset_where(carry, jnp.asarray(start_of_sequence_B, bool),
                                   tuple(layer.state.initial[...] for layer in self.recurrent_layers),
-                                  clear_all=cfg.always_clear_state, keep_cache=cfg.use_xl_cache)
+                                  clear_all=cfg.always_clear_state, keep_cache=cfg.use_xl_cache,
+                                  zero_keys_at_start=cfg.document_start_keys == 'zeros')
     if cfg.feedback or cfg.block_major:
       carry, y = self._block_form(x, carry, dropout_key)
     else:
@@ -107,7 +109,7 @@ class LanguageModel(nnx.Module):
     """Final RMSNorm and the tied output embedding: float32 logits [B, N, V]."""
     dtype = jnp.dtype(self.config.dtype)
     y = self.final_norm(y_BxNxD, dtype)
-    return layers.product('bnd,vd->bnv', y, self.embed[...], dtype) / math.sqrt(self.config.d_model)
+    return layers.product('bnd,vd->bnv', y, self.embed[...], dtype) / layers.logit_divisor(self.config)
 
   def _block_form(self, x_BxNxD: Array, carry: Carry, dropout_key: Array | None):
     """The whole stack block by block (the step form): what feedback needs and generation will use."""

@@ -34,7 +34,8 @@ class Layer(nnx.Module):
     self.out = layers.variance_scaling(rngs, (sources, h, hd, d), in_axis=(0, 1, 2))
     if config.normalize_keys:
       self.temperature = nnx.Param(jnp.ones((sources, h), jnp.float32))
-    self.relative_bias = layers.normal(rngs, (h, config.relative_buckets), 0.1)
+    # T5 table: the reference's variance-scaling normal with fan-in = buckets (std 1/sqrt(32) ~ 0.177).
+    self.relative_bias = layers.normal(rngs, (h, config.relative_buckets), 1.0 / math.sqrt(config.relative_buckets))
     self.ffn_norm = layers.RMSNorm(d)
     self.ffn_in = layers.variance_scaling(rngs, (d, f), in_axis=0)
     self.ffn_out = layers.variance_scaling(rngs, (f, d), in_axis=0)
@@ -80,7 +81,7 @@ class Layer(nnx.Module):
   def _self_attention(self, q_BxWxHxD, kw_Bx2WxHxD, vw_Bx2WxHxD, key_valid_Bx2W, bias_HxWx2W, dropout_key):
     return attention.attend_window(q_BxWxHxD, kw_Bx2WxHxD, vw_Bx2WxHxD, key_valid_Bx2W, scale_H=self._scale(0),
                                    bias_HxWx2W=bias_HxWx2W, sub_blocks=self.config.attention_sub_blocks,
-                                   dropout_rate=self.config.dropout_rate, dropout_key=dropout_key)
+                                   scale_bias=self.config.normalize_keys, dropout_rate=self.config.dropout_rate, dropout_key=dropout_key)
 
   def _cross_attention(self, q2_BxWxHxD, state_proj: recurrent.StateProjections):
     return attention.attend(q2_BxWxHxD, state_proj.keys, state_proj.values, scale_H=self._scale(1))
@@ -123,7 +124,7 @@ class Layer(nnx.Module):
     keys = jnp.where(here_Bx2W[:, :, None, None], k.astype(keys_Bx2WxHxD.dtype), keys_Bx2WxHxD)
     values = jnp.where(here_Bx2W[:, :, None, None], v.astype(values_Bx2WxHxD.dtype), values_Bx2WxHxD)
     heads = [attention.attend(q, keys, values, scale_H=self._scale(0), bias_HxQxK=bias_BxHx1x2W,
-                              mask_BxQxK=mask_Bx1x2W)]
+                              mask_BxQxK=mask_Bx1x2W, scale_bias=self.config.normalize_keys)]
     if self.cross:
       heads.append(self._cross_attention(q2, state_proj))
     return self._finish(x_Bx1xD, heads, None), keys, values

@@ -187,3 +187,41 @@ def test_attention_sub_blocks_must_divide_the_window():
   with pytest.raises(brt.ConfigError, match='attention_sub_blocks 3 does not divide window 8'):
     helpers.config('slide', attention_sub_blocks=3)
   assert helpers.config('slide', attention_sub_blocks=8).attention_sub_blocks == 8
+
+
+@pytest.mark.parametrize('normalize_keys', [False, True])
+def test_token_self_attention_adds_the_t5_bias_as_the_reference_does(normalize_keys):
+  """Plain scaling: q.k / sqrt(D) + bias (the reference's; the bias is not scaled). L2-normalised keys and
+  queries (the paper's setting): tau * (q.k + bias). Checked on a layer's window attention against a
+  direct computation, with and without sub-blocked attention."""
+  from flax import nnx
+
+  import block_recurrent as brt
+  from block_recurrent.model import transformer
+  window, heads, dim = 4, 2, 8
+  for sub_blocks in (1, 2):
+    cfg = brt.ModelConfig(vocab_size=260, num_layers=2, d_model=16, num_heads=heads, head_dim=dim, mlp_dim=32,
+                          window=window, segment_length=2 * window, normalize_keys=normalize_keys,
+                          attention_sub_blocks=sub_blocks)
+    layer = transformer.Layer(cfg, 'plain', nnx.Rngs(0))
+    layer.relative_bias[...] = jax.random.normal(jax.random.key(2), layer.relative_bias.shape) * 3.0
+    if normalize_keys:
+      layer.temperature[...] = jnp.array([[0.7, 1.9]])
+    q = jax.random.normal(jax.random.key(3), (1, window, heads, dim))
+    k = jax.random.normal(jax.random.key(4), (1, 2 * window, heads, dim))
+    v = jax.random.normal(jax.random.key(5), (1, 2 * window, heads, dim))
+    valid = jnp.array([[False] + [True] * (2 * window - 1)])
+    bias = layer.bias_matrix(window)
+    out = layer._self_attention(q, k, v, valid, bias, None)  # pylint: disable=protected-access
+
+    dots = np.einsum('qhd,khd->hqk', np.asarray(q[0], np.float64), np.asarray(k[0], np.float64))
+    if normalize_keys:
+      logits = (dots + np.asarray(bias)) * np.array([0.7, 1.9])[:, None, None]
+    else:
+      logits = dots / math.sqrt(dim) + np.asarray(bias)
+    mask = attention.window_mask(window) & np.asarray(valid[0])[None]
+    logits = np.where(mask[None], logits, -np.inf)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    expected = np.einsum('hqk,khd->qhd', probs, np.asarray(v[0], np.float64))
+    np.testing.assert_allclose(np.asarray(out[0]), expected, atol=1e-5)
