@@ -284,7 +284,10 @@ class TrainConfig:
   """The optimisation and the loop's cadence (see block_recurrent/train)."""
 
   num_steps: int = 1000
-  optimizer: str = 'adafactor'  # the paper's: factored moments, decay 0.8, momentum 0.9, parameter scale
+  # 'adafactor' is the paper's: factored moments, decay 0.8, momentum 0.9, parameter-scale updates, update
+  # clipping, each of the reference's tensors on its own (train/adafactor.py)
+  optimizer: str = 'adafactor'
+  adafactor_clipping: float = 1.0  # update RMS clipping threshold per tensor (the paper's 1.0); 0: off
   learning_rate: float = 1.0  # peak is learning_rate / sqrt(warmup_steps) under 'rsqrt'
   schedule: str = 'rsqrt'
   warmup_steps: int = 1000
@@ -308,7 +311,7 @@ class TrainConfig:
                  'keep_checkpoints', 'max_consecutive_skips', 'nonfinite_rollbacks'):
       value = getattr(self, name)
       _check(isinstance(value, int) and not isinstance(value, bool), f'TrainConfig.{name} must be an integer, got {value!r}')
-    for name in ('learning_rate', 'weight_decay', 'grad_clip', 'max_train_seconds'):
+    for name in ('learning_rate', 'weight_decay', 'grad_clip', 'max_train_seconds', 'adafactor_clipping'):
       value = getattr(self, name)
       _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
              f'TrainConfig.{name} must be a finite number, got {value!r}')
@@ -322,6 +325,8 @@ class TrainConfig:
     for name in ('warmup_steps', 'log_every', 'eval_every', 'eval_segments', 'checkpoint_every'):
       _check(getattr(self, name) >= 0, f'TrainConfig.{name} must be >= 0, got {getattr(self, name)}')
     _check(self.keep_checkpoints >= 1, f'TrainConfig.keep_checkpoints must be >= 1, got {self.keep_checkpoints}')
+    _check(self.adafactor_clipping >= 0,
+           f'TrainConfig.adafactor_clipping must be >= 0 (0: off), got {self.adafactor_clipping}')
     _check(self.max_train_seconds >= 0, f'TrainConfig.max_train_seconds must be >= 0, got {self.max_train_seconds}')
     _check(self.max_consecutive_skips >= 1,
            f'TrainConfig.max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}')

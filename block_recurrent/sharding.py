@@ -104,11 +104,15 @@ def spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
   return PartitionSpec(*parts)
 
 
-def _param_names(path, leaf) -> tuple[str | None, ...]:
+def param_name(path) -> str | None:
+  """A parameter's own name (the last named key of its path), e.g. 'qkv'."""
   keys = [getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', None))) for k in path]
   keys = [k for k in keys if isinstance(k, str) and k != 'value']
-  name = keys[-1] if keys else None
-  names = PARAM_AXES.get((name, leaf.ndim))
+  return keys[-1] if keys else None
+
+
+def _param_names(path, leaf) -> tuple[str | None, ...]:
+  names = PARAM_AXES.get((param_name(path), leaf.ndim))
   if names is None:
     raise ConfigError(f'parameter {jax.tree_util.keystr(path)} (rank {leaf.ndim}) has no logical axes: '
                       'add it to sharding.PARAM_AXES')

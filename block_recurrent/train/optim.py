@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import optax
 
 from block_recurrent.configs import TrainConfig
+from block_recurrent.train import adafactor
 
 
 def schedule(cfg: TrainConfig) -> optax.Schedule:
@@ -31,8 +32,8 @@ def schedule(cfg: TrainConfig) -> optax.Schedule:
 def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
   lr = schedule(cfg)
   if cfg.optimizer == 'adafactor':
-    opt = optax.adafactor(lr, decay_rate=0.8, momentum=0.9, multiply_by_parameter_scale=True,
-                          clipping_threshold=None)
+    opt = adafactor.adafactor(lr, decay_rate=0.8, momentum=0.9,
+                              clipping_threshold=cfg.adafactor_clipping or None)
   else:
     opt = optax.adamw(lr, b1=0.9, b2=0.98, weight_decay=cfg.weight_decay)
   if cfg.grad_clip > 0:
