@@ -122,3 +122,14 @@ def _incompatible(e: Exception) -> bool:
   text = str(e).lower()
   return any(w in text for w in ('shape', 'structure', 'mismatch', 'missing key', 'do not match'))
 
+
+
+def read_raw(directory, steps=None) -> dict[int, dict]:
+  """{step: {'state': nested arrays, 'data': cursor}} of the checkpoints under directory (default every one
+  listed), restored without a target and read-only: what the fault harness and tests compare."""
+  manager = ocp.CheckpointManager(path(directory), options=ocp.CheckpointManagerOptions(read_only=True))
+  with manager:
+    wanted = sorted(manager.all_steps()) if steps is None else list(steps)
+    return {step: manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                                data=ocp.args.JsonRestore()))
+            for step in wanted}

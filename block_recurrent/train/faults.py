@@ -85,35 +85,22 @@ def interrupt(args: list[str], env: dict, sig: int, after_step: int, delay_s: fl
     return proc.wait(timeout=max(1.0, deadline - time.monotonic())), last, lines
 
 
-def _raw(directory: pathlib.Path):
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  return ocp, ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
-
-
-def _restore_raw(ocp, manager, step: int) -> dict:
-  return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                       data=ocp.args.JsonRestore()))
-
-
 def saved_state(workdir: pathlib.Path, step: int) -> dict:
   """{'state': nested arrays, 'data': cursor} of a brt-train workdir's checkpoint, read raw (read-only)."""
-  ocp, manager = _raw(pathlib.Path(workdir) / 'checkpoints')
-  with manager:
-    return _restore_raw(ocp, manager, step)
+  from block_recurrent.train import checkpoint  # pylint: disable=import-outside-toplevel
+  return checkpoint.read_raw(pathlib.Path(workdir) / 'checkpoints', [step])[step]
 
 
 def readable_checkpoints(directory: pathlib.Path) -> list[int]:
   """The steps of every complete checkpoint under directory, each restored raw (arrays and data cursor):
   raises if Orbax lists one it cannot read."""
+  from block_recurrent.train import checkpoint  # pylint: disable=import-outside-toplevel
   if not directory.is_dir():
     return []
-  ocp, manager = _raw(directory)
-  with manager:
-    steps = sorted(manager.all_steps())
-    for step in steps:
-      restored = _restore_raw(ocp, manager, step)
-      assert restored['data'] and restored['state'], f'checkpoint {directory}/{step} restored empty'
-  return steps
+  restored = checkpoint.read_raw(directory)
+  for step, saved in restored.items():
+    assert saved['data'] and saved['state'], f'checkpoint {directory}/{step} restored empty'
+  return sorted(restored)
 
 
 def schedule(seed: int, kinds: list[int], num_steps: int, max_delay_s: float = 0.3,

@@ -31,11 +31,7 @@ def _args(workdir, steps=4):
 
 def _checkpoint_state(workdir, step):
   """The raw saved train state (nested dicts of arrays), read without the training code's target."""
-  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', keep=5, every=1)
-  import orbax.checkpoint as ocp
-  restored = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  ckpt.close()
-  return restored['state']
+  return checkpoint.read_raw(workdir / 'checkpoints', [step])[step]['state']
 
 
 @pytest.fixture(scope='module')
