@@ -48,6 +48,9 @@ def plan(model_cfg: configs.ModelConfig, train_cfg: configs.TrainConfig, batch_s
   count: the trainer keeps both."""
   data, fsdp, model = sharding.mesh_shape(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.model, num_devices)
   mesh = types.SimpleNamespace(shape={'data': data, 'fsdp': fsdp, 'model': model})
+  sharding.check_batch(batch_size, mesh.shape, 'batch size')
+  if eval_batch_size:
+    sharding.check_batch(eval_batch_size, mesh.shape, 'evaluation batch size')
   def shapes():
     lm = linear_lm.build(model_cfg, nnx.Rngs(0))
     params = nnx.state(lm, nnx.Param)

@@ -81,6 +81,20 @@ def mesh_shape(data: int, fsdp: int, model: int, num_devices: int) -> tuple[int,
   return data, fsdp, model
 
 
+def check_batch(rows: int, mesh_shape, what: str = 'DataConfig.batch_size', rules: dict = LOGICAL_RULES) -> None:
+  """A batch whose rows cannot be split evenly over the mesh's batch axes is an error (never silently
+  replicated on every device): it names the size, the axes and the nearest sizes that split."""
+  axes = rules['batch']
+  axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+  ways = math.prod(mesh_shape[a] for a in axes)
+  if rows % ways:
+    below, above = rows // ways * ways, -(-rows // ways) * ways
+    nearest = ' or '.join(str(n) for n in (below, above) if n > 0)
+    split = ' x '.join(f'{a}={mesh_shape[a]}' for a in axes)
+    raise ConfigError(f'{what} {rows} cannot be split evenly over the mesh\'s batch axes {split} ({ways} ways): '
+                      f'use {nearest} rows, or a mesh whose batch axes divide {rows}')
+
+
 def make_mesh(data: int = -1, fsdp: int = 1, model: int = 1, devices: Sequence | None = None) -> Mesh:
   """A ('data', 'fsdp', 'model') mesh; one axis may be -1 to take whatever devices are left."""
   devices = list(devices if devices is not None else jax.devices())

@@ -45,3 +45,9 @@ def assert_close(a, b, tol, what=''):
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     err = np.max(np.abs(x - y)) if x.size else 0.0
     assert err <= tol, f'{what}: max abs difference {err:.3g} > {tol}'
+
+
+# Two rows per step on the 8 fake CPU devices: the batch splits over a data axis of 2 (the other 4 devices
+# on the model axis), since a batch that does not split over the batch axes is an error.
+MESH = ('configs.MeshConfig.data = 2', 'configs.MeshConfig.model = -1')
+MESH_ARGS = tuple(f'--gin_param={p}' for p in MESH)

@@ -13,6 +13,8 @@ from typing import Callable, NamedTuple
 
 import pytest
 
+from helpers import MESH
+
 from block_recurrent import configs, info
 from block_recurrent.data import tasks, vocab
 from block_recurrent.main import eval_main, generate_main, main as train_main
@@ -27,7 +29,7 @@ PROGRAMS = {'brt-train': train_main, 'brt-eval': eval_main, 'brt-generate': gene
 TINY = ['--gin_file=gin/experiments/tiny/rec_fixed_skip.gin', '--gin_file=gin/task/pg_mini_bytes.gin']
 FAST = ['configs.TrainConfig.num_steps = 2', 'configs.TrainConfig.checkpoint_every = 1',
         'configs.TrainConfig.log_every = 1', 'configs.TrainConfig.eval_segments = 1',
-        'configs.TrainConfig.warmup_steps = 1', 'configs.DataConfig.batch_size = 2']
+        'configs.TrainConfig.warmup_steps = 1', 'configs.DataConfig.batch_size = 2', *MESH]
 
 
 @pytest.fixture(scope='module')
@@ -295,6 +297,14 @@ CASES = [
     Case('cli-info-mesh-mismatch', 'cli', '`brt-info --devices=3` with an fsdp axis of 2', 'brt-info',
          lambda c: ['--gin_file=experiments/tiny/rec_fixed_skip.gin', '--devices=3',
                     '--gin_param=configs.MeshConfig.fsdp = 2'], 2, 'does not use the 3 devices'),
+    Case('cli-batch-does-not-split', 'cli', '`DataConfig.batch_size = 3` on 8 devices, data parallel', 'brt-train',
+         _param('configs.DataConfig.batch_size = 3'), 2,
+         "DataConfig.batch_size 3 cannot be split evenly over the mesh's batch axes data=8 x fsdp=1 (8 ways): "
+         'use 8 rows'),
+    Case('cli-info-batch-does-not-split', 'cli', '`brt-info --devices=16 --batch_size=12` with FSDP', 'brt-info',
+         lambda c: ['--gin_file=experiments/tiny/rec_fixed_skip.gin', '--gin_file=mesh/fsdp.gin', '--devices=16',
+                    '--batch_size=12'], 2, "batch size 12 cannot be split evenly over the mesh's batch axes "
+                                           'data=1 x fsdp=16 (16 ways): use 16 rows'),
 ]
 
 

@@ -4,9 +4,10 @@ experiments reading different data are refused with one line."""
 import json
 
 from block_recurrent import compare
+from helpers import MESH_ARGS
 
 TINY = ['gin/experiments/tiny/slide.gin', 'gin/experiments/tiny/rec_fixed_skip.gin']
-COMMON = ["--gin_param=configs.DataConfig.task = 'pg_mini_bytes'", '--gin_param=configs.DataConfig.batch_size = 2',
+COMMON = ["--gin_param=configs.DataConfig.task = 'pg_mini_bytes'", '--gin_param=configs.DataConfig.batch_size = 2', *MESH_ARGS,
           '--gin_param=configs.TrainConfig.warmup_steps = 1']
 
 
@@ -34,7 +35,7 @@ def test_compare_refuses_experiments_on_different_data_or_unnamed(tmp_path, caps
   books, other = tmp_path / 'books.gin', tmp_path / 'other_task.gin'
   books.write_text(f"include '{TINY[1]}'\ninclude 'task/pg_mini_bytes.gin'\n")
   other.write_text(f"include '{TINY[0]}'\ninclude 'task/pg_mini_tokens.gin'\n")
-  code = compare.main([f'--gin_file={books}', f'--gin_file={other}', '--gin_param=configs.DataConfig.batch_size = 2',
+  code = compare.main([f'--gin_file={books}', f'--gin_file={other}', '--gin_param=configs.DataConfig.batch_size = 2', *MESH_ARGS,
                        f'--workdir={tmp_path / "runs"}', '--steps=1'])
   assert code == 2
   err = capsys.readouterr().err.strip().splitlines()

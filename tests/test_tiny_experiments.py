@@ -9,13 +9,15 @@ import pathlib
 
 import pytest
 
+from helpers import MESH
+
 from block_recurrent.main import eval_main as brt_eval, generate_main as brt_generate, main as brt_train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXPERIMENTS = sorted(p.name for p in (ROOT / 'gin/experiments/tiny').glob('*.gin'))
 PARAMS = ['configs.TrainConfig.num_steps = 2', 'configs.TrainConfig.checkpoint_every = 2',
           'configs.TrainConfig.log_every = 1', 'configs.TrainConfig.eval_every = 2',
-          'configs.TrainConfig.eval_segments = 1', 'configs.DataConfig.batch_size = 2']
+          'configs.TrainConfig.eval_segments = 1', 'configs.DataConfig.batch_size = 2', *MESH]
 
 
 def test_the_tiny_experiments_cover_every_family():

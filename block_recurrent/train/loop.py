@@ -80,6 +80,8 @@ def setup(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
                               f'{model_cfg.vocab_size}: pick a vocab/*.gin that matches the task')
   mesh = sharding.make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.model, devices=devices)
   eval_batch = data_cfg.eval_batch_size or data_cfg.batch_size
+  sharding.check_batch(data_cfg.batch_size, mesh.shape)
+  sharding.check_batch(eval_batch, mesh.shape, 'the evaluation batch (DataConfig.eval_batch_size or batch_size)')
   tx, schedule = optim.optimizer(train_cfg), optim.schedule(train_cfg)
   abstract_model = nnx.eval_shape(lambda: linear_lm.build(model_cfg, nnx.Rngs(0)))
   graphdef, abstract_params = nnx.split(abstract_model)

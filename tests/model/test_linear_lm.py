@@ -89,7 +89,7 @@ def test_brt_train_and_generate_run_a_linear_model_unchanged(tmp_path, capsys):
   workdir = tmp_path / 'arelit'
   args = ['--gin_file=experiments/tiny/arelit.gin', '--gin_file=task/pg_mini_bytes.gin',
           '--gin_param=configs.TrainConfig.num_steps = 2', '--gin_param=configs.TrainConfig.log_every = 1',
-          '--gin_param=configs.TrainConfig.eval_segments = 2', '--gin_param=configs.DataConfig.batch_size = 2',
+          '--gin_param=configs.TrainConfig.eval_segments = 2', '--gin_param=configs.DataConfig.batch_size = 2', *helpers.MESH_ARGS,
           f'--workdir={workdir}']
   assert train_main(args) == 0
   bpb = float(capsys.readouterr().out.split('validation bits/byte ')[1].split()[0])

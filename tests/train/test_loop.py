@@ -20,7 +20,7 @@ import helpers
 TINY = ['gin/experiments/tiny/rec_fixed_skip.gin', 'gin/task/pg_mini_bytes.gin']
 PARAMS = ['configs.TrainConfig.num_steps = 4', 'configs.TrainConfig.checkpoint_every = 2',
           'configs.TrainConfig.log_every = 1', 'configs.TrainConfig.eval_segments = 2',
-          'configs.TrainConfig.warmup_steps = 2', 'configs.DataConfig.batch_size = 2',
+          'configs.TrainConfig.warmup_steps = 2', 'configs.DataConfig.batch_size = 2', *helpers.MESH,
           'configs.TrainConfig.eval_every = 2']
 
 
