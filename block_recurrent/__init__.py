@@ -2,9 +2,16 @@
 
 The names below load on first use, so that `python -m block_recurrent.main` (brt-train) can install its
 preemption handlers and check its flags before jax and TensorFlow are imported.
+
+Importing the package first chooses the JAX platforms (block_recurrent/platforms.py): with libtpu
+installed on a machine without a TPU, jax starts only the CPU (or GPU) backend.
 """
 
 import importlib
+
+from block_recurrent import platforms as _platforms
+
+_platforms.select()
 
 _EXPORTS = {
     'abstract_model': 'block_recurrent.api', 'build_model': 'block_recurrent.api',

@@ -43,7 +43,8 @@ def test_create_dry_run_reads_the_hardware_from_the_env_file():
 def test_train_dry_run_starts_brt_train_on_every_worker():
   out = _run('train.sh', '--dry_run', *TRAIN)
   assert out.returncode == 0, out.stderr
-  (line,) = out.stdout.splitlines()
+  compile_line, line = out.stdout.splitlines()
+  assert compile_line.startswith('.venv/bin/brt-compile --topology=v4-32 ')
   assert line.startswith('gcloud compute tpus tpu-vm ssh brt --zone=us-central2-b --worker=all --command=')
   command = line.split('--command=', 1)[1]
   for piece in ('brt-train', '--distributed', 'gs://bucket/runs/rec', 'rec_fixed_skip.gin', 'pg19_bytes.gin',
@@ -86,20 +87,10 @@ def test_bad_flags_fail_with_one_line(args, message):
   assert out.stdout == ''
 
 
-def _aot(*args):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0',
-             JAX_PLATFORMS='cpu')
-  return subprocess.run([sys.executable, str(LAUNCH / 'aot_check.py'),
-                         '--gin_file=gin/experiments/tiny/rec_fixed_skip.gin', '--gin_file=gin/task/pg_mini_bytes.gin',
-                         '--gin_file=gin/mesh/fsdp.gin', *args], capture_output=True, text=True, env=env,
-                        timeout=300, cwd=LAUNCH.parent)
-
-
-def test_aot_check_compiles_for_local_devices_and_skips_tpu_without_libtpu():
-  local = _aot('--topology=local')
-  assert local.returncode == 0, local.stderr[-2000:]
-  assert 'compiled the train step for local (8 devices, cpu; mesh data=1 x fsdp=8 x model=1' in local.stdout
-  assert 'temporaries' in local.stdout and 'peak estimate per device' in local.stdout
-  tpu = _aot('--topology=v4-32')
-  assert tpu.returncode == 0, tpu.stderr[-2000:]
-  assert tpu.stdout.startswith('aot_check: skipped: this jaxlib cannot compile for TPU topology v4-32')
+def test_train_compiles_for_the_slice_before_starting_it():
+  """train.sh runs brt-compile for the env file's slice (v5litepod-16 is v5e-16) before any worker starts."""
+  out = _run('train.sh', '--dry_run', '--env', str(LAUNCH / 'env' / 'v5e.env'), *TRAIN)
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.splitlines()
+  assert lines[0].startswith('.venv/bin/brt-compile --topology=v5e-16 --gin_file=gin/experiments/paper/rec_fixed_skip.gin')
+  assert 'brt-train' in lines[-1] and 'brt-train' not in lines[0]
