@@ -299,6 +299,7 @@ class TrainConfig:
   eval_segments: int = 0  # segments per lane per evaluation; 0: the whole validation split
   checkpoint_every: int = 100
   keep_checkpoints: int = 3
+  peak_flops: float = 0.0  # FLOP/s for MFU; 0: the device's stated peak, or on CPU a best-of-7 matmul (peak.py)
   max_train_seconds: float = 0.0  # stop (checkpoint, evaluate) after this much training time; 0: no limit
   # Numerical faults: a step whose loss or gradient is not finite leaves parameters and optimiser state
   # unchanged (counted as `skipped_steps`); this many in a row stop the run, or roll it back.
@@ -311,7 +312,7 @@ class TrainConfig:
                  'keep_checkpoints', 'max_consecutive_skips', 'nonfinite_rollbacks'):
       value = getattr(self, name)
       _check(isinstance(value, int) and not isinstance(value, bool), f'TrainConfig.{name} must be an integer, got {value!r}')
-    for name in ('learning_rate', 'weight_decay', 'grad_clip', 'max_train_seconds', 'adafactor_clipping'):
+    for name in ('learning_rate', 'weight_decay', 'grad_clip', 'max_train_seconds', 'adafactor_clipping', 'peak_flops'):
       value = getattr(self, name)
       _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
              f'TrainConfig.{name} must be a finite number, got {value!r}')
@@ -325,6 +326,7 @@ class TrainConfig:
     for name in ('warmup_steps', 'log_every', 'eval_every', 'eval_segments', 'checkpoint_every'):
       _check(getattr(self, name) >= 0, f'TrainConfig.{name} must be >= 0, got {getattr(self, name)}')
     _check(self.keep_checkpoints >= 1, f'TrainConfig.keep_checkpoints must be >= 1, got {self.keep_checkpoints}')
+    _check(self.peak_flops >= 0, f'TrainConfig.peak_flops must be >= 0 (0: measured or stated), got {self.peak_flops}')
     _check(self.adafactor_clipping >= 0,
            f'TrainConfig.adafactor_clipping must be >= 0 (0: off), got {self.adafactor_clipping}')
     _check(self.max_train_seconds >= 0, f'TrainConfig.max_train_seconds must be >= 0, got {self.max_train_seconds}')

@@ -11,4 +11,4 @@ parse_flags "$@"
 archive="/tmp/block-recurrent-${NAME}.tar.gz"
 run git -C "${REPO_DIR}" archive --format=tar.gz --output="${archive}" HEAD
 run gcloud compute tpus tpu-vm scp "${archive}" "${NAME}:/tmp/block-recurrent.tar.gz" "${GCLOUD_SCOPE[@]}" --worker=all
-on_workers "mkdir -p ${REMOTE_DIR} && tar -xzf /tmp/block-recurrent.tar.gz -C ${REMOTE_DIR} && cd ${REMOTE_DIR} && python3 -m venv .venv && .venv/bin/pip install -q -e . 'jax[tpu]'"
+on_workers "mkdir -p ${REMOTE_DIR} && tar -xzf /tmp/block-recurrent.tar.gz -C ${REMOTE_DIR} && cd ${REMOTE_DIR} && python3 -m venv .venv && .venv/bin/pip install -q -e '.[tpu]'"

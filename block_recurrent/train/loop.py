@@ -7,8 +7,8 @@ the data cursor; otherwise --load_dir's parameters (fine-tuning) or a fresh init
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
+import json
 import math
 import time
 from typing import Any, Callable, NamedTuple
@@ -18,12 +18,29 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from block_recurrent import configs, distributed, flops, sharding
+from block_recurrent import configs, distributed, flops, peak as peak_lib, sharding
 from block_recurrent.data import segments, tasks
 from block_recurrent.model import linear_lm
 from block_recurrent.train import checkpoint as ckpt_lib, optim, preemption, step as step_lib, stream, summaries
 
 LN2 = math.log(2.0)
+
+
+def _mfu_peak(workdir, train_cfg: configs.TrainConfig, echo) -> float:
+  """The FLOP/s MFU is stated against (block_recurrent/peak.py), kept in DIR/peak.json so that a resumed
+  run reports against the same number."""
+  device = jax.devices()[0]
+  record = workdir / 'peak.json'
+  if train_cfg.peak_flops <= 0 and record.exists():
+    saved = json.loads(record.read_text())
+    if saved.get('device_kind') == device.device_kind:
+      echo(f"MFU against {saved['flops'] / 1e9:,.0f} GFLOP/s ({saved['how']}, kept in {record})")
+      return float(saved['flops'])
+  value, how = peak_lib.peak_flops(device.device_kind, device.platform, train_cfg.peak_flops)
+  if jax.process_index() == 0:
+    record.write_text(json.dumps({'flops': value, 'how': how, 'device_kind': device.device_kind}) + '\n')
+  echo(f'MFU against {value / 1e9:,.0f} GFLOP/s ({how})')
+  return value
 
 
 def matmul_peak_flops() -> float:
@@ -35,13 +52,6 @@ def matmul_peak_flops() -> float:
   for _ in range(5):
     f(a).block_until_ready()
   return 5 * 2 * 2048 ** 3 / (time.perf_counter() - t0)
-
-
-@functools.lru_cache(maxsize=None)
-def _peak_flops_of_this_process() -> float:
-  """matmul_peak_flops() measured once per process: train() called again in the same process (brt-compare,
-  the tests) reuses it rather than spending a second or two on every call."""
-  return matmul_peak_flops()
 
 
 def _batch_arrays(batch: segments.Batch) -> dict:
@@ -224,7 +234,7 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
   eval_fn = eval_program(s)
 
   # --- loop ---------------------------------------------------------------------------------------
-  peak = _peak_flops_of_this_process()
+  peak = _mfu_peak(workdir, train_cfg, echo)
   flops_per_token = flops.train_flops_per_token(model_cfg)
   writer = summaries.MetricsWriter(workdir)
   step_now = int(state.step)
