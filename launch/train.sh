@@ -15,27 +15,22 @@ if ((${#GIN_FILES[@]} == 0)); then
   exit 2
 fi
 
+config_args=()
+for f in "${GIN_FILES[@]}"; do
+  config_args+=(--gin_file="${f}")
+done
+for p in "${GIN_PARAMS[@]+"${GIN_PARAMS[@]}"}"; do
+  config_args+=(--gin_param="${p}")
+done
+
 # Compile the train step for this slice here first (XLA's TPU compiler, no TPU needed): a configuration
 # that does not fit or does not shard stops before any worker starts.
 topology="${ACCELERATOR_TYPE/v5litepod/v5e}"
-compile_args=(.venv/bin/brt-compile --topology="${topology}")
-for f in "${GIN_FILES[@]}"; do
-  compile_args+=(--gin_file="${f}")
-done
-for p in "${GIN_PARAMS[@]+"${GIN_PARAMS[@]}"}"; do
-  compile_args+=(--gin_param="${p}")
-done
-if ! run "${compile_args[@]}"; then
+if ! run .venv/bin/brt-compile --topology="${topology}" "${config_args[@]}"; then
   echo "train.sh: brt-compile refused the run for ${topology} (above); nothing was started" >&2
   exit 2
 fi
 
-train_args=(.venv/bin/brt-train --distributed --workdir="${WORKDIR}")
-for f in "${GIN_FILES[@]}"; do
-  train_args+=(--gin_file="${f}")
-done
-for p in "${GIN_PARAMS[@]+"${GIN_PARAMS[@]}"}"; do
-  train_args+=(--gin_param="${p}")
-done
+train_args=(.venv/bin/brt-train --distributed --workdir="${WORKDIR}" "${config_args[@]}")
 quoted="$(printf '%q ' "${train_args[@]}")"
 on_workers "cd ${REMOTE_DIR} && export LIBTPU_INIT_ARGS=$(printf '%q' "${LIBTPU_INIT_ARGS}") && nohup ${quoted}>> ${LOG_FILE} 2>&1 &"
