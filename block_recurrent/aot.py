@@ -140,7 +140,7 @@ def _hints(model_cfg, mesh_cfg, step: str) -> str:
 def compile_step(model_cfg, data_cfg, train_cfg, mesh_cfg, topology: str, step: str = 'train') -> Report:
   """Compiles `step` for the topology; ConfigError (one line) for a configuration that cannot work,
   including one whose arguments alone exceed the device memory or that XLA refuses for lack of it."""
-  from block_recurrent import memory  # pylint: disable=import-outside-toplevel
+  from block_recurrent import memory, sharding  # pylint: disable=import-outside-toplevel
   from block_recurrent.configs import ConfigError  # pylint: disable=import-outside-toplevel
   from block_recurrent.train import loop  # pylint: disable=import-outside-toplevel
   if step not in STEPS:
@@ -149,6 +149,10 @@ def compile_step(model_cfg, data_cfg, train_cfg, mesh_cfg, topology: str, step: 
   hbm = slice_.hbm_gib if slice_ else None
   kind = slice_.kind if slice_ else devices[0].device_kind
   where = topology
+  if step != 'generate':  # the batch must split over the mesh (the trainer's own check, before any compile)
+    mesh_shape = dict(zip(('data', 'fsdp', 'model'),
+                          sharding.mesh_shape(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.model, len(devices))))
+    sharding.check_batch(data_cfg.batch_size, mesh_shape)
   if step != 'generate' and hbm is not None:  # what the arguments alone need, before spending a compile
     plan = memory.plan(model_cfg, train_cfg, data_cfg.batch_size, mesh_cfg, len(devices), data_cfg.eval_batch_size)
     if plan.per_device > hbm * GIB:

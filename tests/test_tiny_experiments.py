@@ -56,6 +56,8 @@ def test_tiny_experiment_trains_evaluates_and_generates(experiment, texts, tmp_p
   bits = float(out.split('bits per byte: ')[1].split()[0])
   assert 0.0 < bits < 20.0
 
+  if experiment in ('slide.gin', 'xl.gin'):  # one per family: the attention family generates with rec_fixed_skip
+    return
   assert brt_generate([f'--workdir={workdir}', '--prompt=It was the', '--max_new_tokens=12', '--temperature=0',
                        '--seed=1']) == 0, capsys.readouterr().err
   text = capsys.readouterr().out
