@@ -59,8 +59,8 @@ def main() -> int:
       t0 = time.perf_counter()
       runners[name](args.steps)
       times[name].append((time.perf_counter() - t0) / args.steps)
-  lines = [f'{device.device_kind} ({len(jax.devices())} devices, one used); MFU against {peak_flops / 1e12:.0f} '
-           f'TFLOP/s ({how})', '', common.table(
+  lines = [f'{device.device_kind} ({len(jax.devices())} devices, one used); MFU against {peak_flops / 1e9:,.0f} '
+           f'GFLOP/s ({how})', '', common.table(
                ['model', 'tokens/s (min / median / max)', 'step ms', 'MFU'],
                [[name, common.spread(sorted(tokens[name] / t for t in ts), '{:,.0f}'),
                  common.spread(sorted(1e3 * t for t in ts), '{:.1f}'),

@@ -76,6 +76,8 @@ def main() -> None:
   parser.add_argument('--topologies', nargs='+', default=TOPOLOGIES)
   parser.add_argument('--generate', nargs='*', default=['rec_fixed_skip', 'rec_fixed_skip_1.3B'],
                       help='experiments whose per-token generate step is compiled for one v5e chip')
+  parser.add_argument('--pairs', nargs='+', default=None,
+                      help='EXPERIMENT:SLICE rows to compile instead of --experiments x --topologies')
   parser.add_argument('--largest_batch', action='store_true', help='also search the largest batch that fits')
   parser.add_argument('--out', default=str(ROOT / 'results' / 'tpu_table'))
   args = parser.parse_args()
@@ -83,27 +85,28 @@ def main() -> None:
   rows = []
   header = ['| experiment | slice | step | rows | peak per device | fits | compile | XLA FLOPs per step |',
             '|---|---|---|---|---|---|---|---|']
-
-  def record(r):
-    rows.append(r)
-    print(_row(r), flush=True)
-
-  for experiment in args.experiments:
-    for topology in args.topologies:
-      r = compile_in_process(experiment, topology)
-      record(r)
-      batch = r['rows']
-      while args.largest_batch and r['ok'] and r['fits']:
-        batch *= 2
-        r = compile_in_process(experiment, topology, batch=batch)
-        record(dict(r, largest_batch_probe=True))
-  for experiment in args.generate:
-    record(compile_in_process(experiment, 'v5e-1', 'generate'))
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  table = '\n'.join(header + [_row(r) for r in rows])
-  out.with_suffix('.md').write_text(f'{common.machine()}\n\n{table}\n')
-  out.with_suffix('.json').write_text(json.dumps(rows, indent=1))
+
+  def record(r):  # the files are rewritten after every row: an interrupted run keeps what it compiled
+    rows.append(r)
+    print(_row(r), flush=True)
+    table = '\n'.join(header + [_row(x) for x in rows])
+    out.with_suffix('.md').write_text(f'{common.machine()}\n\n{table}\n')
+    out.with_suffix('.json').write_text(json.dumps(rows, indent=1))
+
+  pairs = ([tuple(p.split(':')) for p in args.pairs] if args.pairs
+           else [(e, t) for e in args.experiments for t in args.topologies])
+  for experiment, topology in pairs:
+    r = compile_in_process(experiment, topology)
+    record(r)
+    batch = r['rows']
+    while args.largest_batch and r['ok'] and r['fits']:
+      batch *= 2
+      r = compile_in_process(experiment, topology, batch=batch)
+      record(dict(r, largest_batch_probe=True))
+  for experiment in args.generate:
+    record(compile_in_process(experiment, 'v5e-1', 'generate'))
   print(f'wrote {out}.md and {out}.json')
 
 
