@@ -15,7 +15,7 @@ chips for v5e and v6e, as Cloud TPU names them.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import os
 import re
 import sys
@@ -160,9 +160,9 @@ def compile_step(model_cfg, data_cfg, train_cfg, mesh_cfg, topology: str, step: 
                         f'(parameters, optimiser state and carries alone); try {_hints(model_cfg, mesh_cfg, step)}')
   start = time.perf_counter()
   try:
-    with _quiet_stderr() if slice_ else _Nothing():
+    with _quiet_stderr() if slice_ else contextlib.nullcontext():
       compiled, rows, analytic, mesh = _lower(loop, model_cfg, data_cfg, train_cfg, mesh_cfg, devices, step)
-  except ConfigError:
+  except ConfigError:  # a configuration problem is already one line
     raise
   except Exception as e:  # pylint: disable=broad-except
     text = str(e)
@@ -182,14 +182,6 @@ def compile_step(model_cfg, data_cfg, train_cfg, mesh_cfg, topology: str, step: 
   return Report(topology, len(devices), kind, hbm, mesh, step, rows, mem.argument_size_in_bytes,
                 mem.output_size_in_bytes, mem.alias_size_in_bytes, mem.temp_size_in_bytes,
                 mem.generated_code_size_in_bytes, xla, analytic, seconds)
-
-
-class _Nothing:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    return False
 
 
 def _gist(text: str) -> str:
