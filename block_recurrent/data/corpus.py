@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import lzma
+import os
 import pathlib
+import stat
 from typing import Callable
 
 import importlib_resources
@@ -36,13 +39,63 @@ class RawDocument:
 
 
 def _read_file(path: pathlib.Path) -> bytes:
+  try:
+    data = path.read_bytes()
+  except OSError as e:  # listed readable, then removed or locked: still named, never a traceback
+    raise _unreadable(path, e) from None
   if path.suffix == '.xz':
     try:
-      return lzma.decompress(path.read_bytes())
+      return lzma.decompress(data)
     except lzma.LZMAError as e:
       raise ConfigError(f'{path} is not a valid .xz file ({e}): re-compress it with xz, or store it '
                         'uncompressed without the .xz suffix') from None
-  return path.read_bytes()
+  return data
+
+
+def _unreadable(path: pathlib.Path, error: OSError) -> ConfigError:
+  if error.errno == errno.ENOENT and path.is_symlink():
+    return ConfigError(f'{path} is a symbolic link to {os.readlink(path)}, which does not exist: fix the link or '
+                       'remove it from the data folder')
+  return ConfigError(f'cannot read {path} ({error.strerror}): make it readable or move it out of the data folder')
+
+
+def _readable_file(path: pathlib.Path) -> bool:
+  """Whether path is a regular file (through a link); one that cannot be read is a ConfigError naming it,
+  since skipping it would train on less data without a word."""
+  try:
+    if not stat.S_ISREG(path.stat().st_mode):
+      return False  # a folder reached by a link, a pipe, a device: not a document, as before
+    with path.open('rb'):
+      pass
+  except OSError as e:
+    raise _unreadable(path, e) from None
+  return True
+
+
+def _files(root: pathlib.Path, skip: Callable[[str], bool] = lambda name: False,
+           want: Callable[[str], bool] = lambda name: True) -> list[pathlib.Path]:
+  """The readable files under root whose names are wanted, any depth, in path order (as sorted rglob).
+
+  Entries whose names are skipped are not entered; linked folders are not followed (as rglob). A folder or
+  wanted file that cannot be read is a ConfigError naming it.
+  """
+  found, pending = [], [root]
+  while pending:
+    folder = pending.pop()
+    try:
+      with os.scandir(folder) as scan:
+        entries = list(scan)
+    except OSError as e:
+      raise _unreadable(folder, e) from None
+    for entry in entries:
+      if skip(entry.name):
+        continue
+      path = pathlib.Path(entry.path)
+      if entry.is_dir(follow_symlinks=False):
+        pending.append(path)
+      elif want(entry.name) and _readable_file(path):
+        found.append(path)
+  return sorted(found)
 
 
 def pg_mini_dir() -> pathlib.Path:
@@ -53,6 +106,9 @@ def pg_mini_dir() -> pathlib.Path:
 def _require_dir(folder, layout: str) -> pathlib.Path:
   path = pathlib.Path(folder).expanduser()
   if not path.is_dir():
+    if path.exists():
+      raise ConfigError(f'data folder {path} is a file, not a folder: give the folder that holds the data; '
+                        f'expected {layout}')
     raise ConfigError(f'data folder {path} does not exist: expected {layout}')
   return path
 
@@ -73,7 +129,11 @@ def pg19_layout(folder, split: str) -> list[RawDocument]:
     raise ConfigError(f'{metadata} is not a UTF-8 CSV file of id,title,year,link rows ({e}): '
                       'fix or regenerate it') from None
   split_dir = _require_dir(root / split, layout)
-  books = sorted(p for p in split_dir.iterdir() if p.name.endswith(('.txt', '.txt.xz')) and p.is_file())
+  try:
+    entries = sorted(split_dir.iterdir())
+  except OSError as e:
+    raise _unreadable(split_dir, e) from None
+  books = [p for p in entries if p.name.endswith(('.txt', '.txt.xz')) and _readable_file(p)]
   if not books:
     raise ConfigError(f'{split_dir} holds no <id>.txt or <id>.txt.xz books: expected {layout}')
   documents = []
@@ -86,16 +146,13 @@ def pg19_layout(folder, split: str) -> list[RawDocument]:
 
 
 def text_folder(folder) -> list[RawDocument]:
-  """Every file under a folder is one document, in path order (hidden files left out)."""
+  """Every file under a folder is one document, in path order (hidden files left out); a file that cannot
+  be read (no permission, a broken link) is a ConfigError naming it."""
   root = _require_dir(folder, 'a folder of UTF-8 text files (any depth)')
-  files = sorted(p for p in root.rglob('*') if p.is_file() and not _hidden(p.relative_to(root)))
+  files = _files(root, skip=lambda name: name.startswith('.'))
   if not files:
     raise ConfigError(f'data folder {root} holds no files: expected a folder of UTF-8 text files')
   return [RawDocument(str(p.relative_to(root)), lambda p=p: _read_file(p)) for p in files]
-
-
-def _hidden(relative: pathlib.Path) -> bool:
-  return any(part.startswith('.') for part in relative.parts)
 
 
 def _concatenated(files: list[pathlib.Path], root: pathlib.Path) -> Callable[[], bytes]:
@@ -110,7 +167,7 @@ def latex_folder(folder) -> list[RawDocument]:
   root = _require_dir(folder, layout)
   documents = []
   for paper in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.')):
-    files = sorted(p for p in paper.rglob('*.tex') if p.is_file())
+    files = _files(paper, want=lambda name: name.endswith('.tex'))
     if files:
       documents.append(RawDocument(paper.name, _concatenated(files, paper)))
   if not documents:
@@ -128,17 +185,23 @@ _SKIP_NAMES = {'package-lock.json', 'yarn.lock', 'poetry.lock', 'Cargo.lock', 'g
 _MAX_SOURCE_BYTES = 1 << 20
 
 
-def _is_source(path: pathlib.Path, root: pathlib.Path) -> bool:
-  relative = path.relative_to(root)
-  if any(part in _SKIP_DIRS or part.startswith('.') for part in relative.parts):
-    return False
-  name = path.name
-  if name in _SKIP_NAMES or any(name.endswith(s) for s in _SKIP_SUFFIXES) or '.generated.' in name:
-    return False
-  if path.stat().st_size > _MAX_SOURCE_BYTES:
-    return False
-  with path.open('rb') as f:
-    head = f.read(8192)
+def _not_source_dir(name: str) -> bool:
+  return name in _SKIP_DIRS or name.startswith('.')
+
+
+def _source_name(name: str) -> bool:
+  return not (name in _SKIP_NAMES or any(name.endswith(s) for s in _SKIP_SUFFIXES) or '.generated.' in name)
+
+
+def _is_source(path: pathlib.Path) -> bool:
+  """Small text files (of a readable file listed by `_files`)."""
+  try:
+    if path.stat().st_size > _MAX_SOURCE_BYTES:
+      return False
+    with path.open('rb') as f:
+      head = f.read(8192)
+  except OSError as e:
+    raise _unreadable(path, e) from None
   return b'\0' not in head  # binary files
 
 
@@ -149,7 +212,7 @@ def github_folder(folder) -> list[RawDocument]:
   root = _require_dir(folder, layout)
   documents = []
   for repo in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.')):
-    files = sorted(p for p in repo.rglob('*') if p.is_file() and _is_source(p, repo))
+    files = [p for p in _files(repo, skip=_not_source_dir, want=_source_name) if _is_source(p)]
     if files:
       documents.append(RawDocument(repo.name, _concatenated(files, repo)))
   if not documents:

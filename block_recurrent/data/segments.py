@@ -9,12 +9,17 @@ when to clear the lane's state.
 
 The batcher is pure numpy so that it can be tested exhaustively and run in any input pipeline. Its cursor
 (`state()` / `restore()`) is a handful of integers: the permutation of each epoch is re-derived from the
-seed, and the document of each lane is re-read from the source, so a checkpoint never holds token arrays.
+seed, and the document of each lane is re-read from the source, so a checkpoint never holds token arrays
+(only each lane's document name and size, so that a changed source is named instead of continued).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import struct
+import zlib
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -43,11 +48,13 @@ class Document:
     num_bytes: int32 [L] UTF-8 bytes each token stands for (>= 0); all ones for a byte vocabulary. Carried so
       that bits-per-byte can be computed for any vocabulary.
     doc_id: the document's stable index (>= 0) in the source, reported back in `Batch.doc_ids`.
+    name: what the source calls it (a file path), for the fingerprint and messages; None if nothing.
   """
 
   tokens: np.ndarray
   num_bytes: np.ndarray
   doc_id: int
+  name: str | None = None
 
   def __post_init__(self):
     # eq=False: numpy fields make the generated __eq__/__hash__ meaningless (and raise on use).
@@ -71,11 +78,69 @@ class Document:
              + (f'{num_bytes_L.min()} .. {num_bytes_L.max()}' if whole else f'dtype {num_bytes_L.dtype}'))
     _check(_is_int(self.doc_id) and self.doc_id >= 0,
            f'Document doc_id must be a non-negative integer (its index in the source), got {self.doc_id!r}')
+    _check(self.name is None or isinstance(self.name, str),
+           f'Document {self.doc_id}: name must be None or a string, got {self.name!r}')
     object.__setattr__(self, 'tokens', tokens_L.astype(np.int32, copy=False))
     object.__setattr__(self, 'num_bytes', num_bytes_L.astype(np.int32, copy=False))
 
   def __len__(self) -> int:
     return int(self.tokens.shape[0])
+
+  @functools.cached_property
+  def _size(self) -> int:  # summed once, not at every checkpoint
+    return int(self.num_bytes.sum(dtype=np.int64))
+
+  def identity(self) -> list:
+    """[name, bytes]: what a cursor records of each lane's document, to name it if the source changed."""
+    return [self.name, self._size]
+
+
+def fingerprint(documents: Sequence[Document]) -> dict[str, Any]:
+  """What a cursor is valid for: the number of documents, their names in order and their tokens.
+
+  A renamed, added, removed, reordered or edited document changes it. It reads every document, so take
+  it of a list; a CRC of each document's tokens (~4 GB/s) keeps it cheap next to reading them.
+  """
+  names, contents = hashlib.sha256(), hashlib.sha256()
+  for document in documents:
+    names.update((document.name or '').encode('utf-8', 'backslashreplace') + b'\0')
+    contents.update(struct.pack('<qI', len(document), zlib.crc32(np.ascontiguousarray(document.tokens))))
+  return {'documents': len(documents), 'names': names.hexdigest()[:16], 'contents': contents.hexdigest()[:16]}
+
+
+def _describe(document_id: int, then: Sequence, now: Document | None) -> str:
+  """How document `document_id` differs from the [name, bytes] a cursor recorded of it (one phrase)."""
+  name, size = then
+  was = f"'{name}' ({size} bytes)" if name is not None else f'{size} bytes long'
+  if now is None:
+    return f'document {document_id} was {was}, now there is none'
+  if name is not None and name == now.name:
+    return f"document {document_id} ('{name}') had {size} bytes, now {now.identity()[1]}"
+  new_name, new_size = now.identity()
+  return f"document {document_id} was {was}, now " + (
+      f"'{new_name}' ({new_size} bytes)" if new_name is not None else f'{new_size} bytes long')
+
+
+def lane_change(state: dict[str, Any], documents: Sequence[Document]) -> str | None:
+  """The first lane of a cursor whose document is not the one it was streaming, described; else None.
+
+  Cursors written before lanes recorded their documents (and malformed ones) give None.
+  """
+  if not isinstance(state, dict):
+    return None
+  lanes, recorded = state.get('lanes'), state.get('lane_documents')
+  if not isinstance(lanes, list) or not isinstance(recorded, list):
+    return None
+  for lane, then in zip(lanes, recorded):
+    if not (isinstance(lane, (list, tuple)) and len(lane) == 2 and _is_int(lane[0]) and lane[0] >= 0
+            and isinstance(then, (list, tuple)) and len(then) == 2):
+      continue
+    index = int(lane[0])
+    now = documents[index] if index < len(documents) else None
+    if now is None or not isinstance(now, Document) or now.identity() != list(then):
+      document_id = now.doc_id if isinstance(now, Document) else index
+      return _describe(document_id, then, now if isinstance(now, Document) else None)
+  return None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -115,11 +180,14 @@ class DocumentBatcher:
 
   `documents` is anything with `__len__` and `__getitem__` returning a `Document` (a list, or a lazy
   reader). Each document is read once when a lane takes it and cached in the lane until it is used up.
+
+  `source` is JSON that says where the documents came from (a task, a folder, their `fingerprint`): the
+  cursor carries it unchanged for the caller to compare before `restore()`, which does not look at it.
   """
 
   def __init__(self, documents: Sequence[Document], *, batch_size: int, segment_length: int,
                shuffle_seed: int | None = None, num_epochs: int | None = 1, process_index: int = 0,
-               process_count: int = 1):
+               process_count: int = 1, source: dict[str, Any] | None = None):
     _check(_is_int(batch_size) and batch_size >= 1, f'batch_size must be at least 1, got {batch_size!r}')
     _check(_is_int(segment_length) and segment_length >= 2,
            f'segment_length must be at least 2 (one target and its input), got {segment_length!r}')
@@ -136,6 +204,7 @@ class DocumentBatcher:
            f'documents must be a sequence of Document (a list, or an object with __len__ and __getitem__), '
            f'got {type(documents).__name__}')
     self._documents = documents
+    self._source = source
     self._batch_size = int(batch_size)
     self._segment_length = int(segment_length)
     self._shuffle_seed = None if shuffle_seed is None else int(shuffle_seed)
@@ -186,6 +255,9 @@ class DocumentBatcher:
         'skipped_empty': self.skipped_empty,
         # Checked on restore: a cursor only means something for the same stream.
         'stream': self._stream_arguments(),
+        # Checked on restore: a lane continues the very document it was streaming, not one at its index.
+        'lane_documents': [None if document is None else document.identity() for document in self._lane_doc],
+        **({} if self._source is None else {'source': self._source}),
     }
 
   def restore(self, state: dict[str, Any]) -> None:
@@ -195,10 +267,12 @@ class DocumentBatcher:
     """
     _check(isinstance(state, dict) and state.get('version') == _STATE_VERSION,
            f'not a DocumentBatcher cursor of version {_STATE_VERSION}: pass what state() returned')
-    saved = state.get('stream')
-    _check(saved == self._stream_arguments(),
-           f'cursor was saved for a different stream ({saved}) than this batcher '
-           f'({self._stream_arguments()}): build the batcher with the same arguments')
+    saved, current = state.get('stream'), self._stream_arguments()
+    _check(isinstance(saved, dict) and set(saved) == set(current),
+           f'cursor stream {saved!r} is not a DocumentBatcher stream: pass what state() returned')
+    for key, value in current.items():
+      _check(saved[key] == value, f'cursor was saved with {key}={saved[key]!r}, this batcher has {key}={value!r}: '
+             'build the batcher with the same arguments')
     epoch, position, lanes = state.get('epoch'), state.get('position'), state.get('lanes')
     skipped = state.get('skipped_empty')
     _check(_is_int(epoch) and epoch >= 0 and _is_int(position) and 0 <= position <= self._num_host
@@ -214,6 +288,14 @@ class DocumentBatcher:
                              and index % self._process_count == self._process_index),
              f'cursor names document {index}, which is not in the shard of process {self._process_index} '
              f'of {self._process_count}: restore the cursor this process saved')
+    recorded = state.get('lane_documents')  # absent from cursors written before it was recorded
+    _check(recorded is None or (isinstance(recorded, list) and len(recorded) == self._batch_size and all(
+        then is None or (isinstance(then, (list, tuple)) and len(then) == 2 and (then[0] is None or isinstance(
+            then[0], str)) and _is_int(then[1])) for then in recorded)),
+           f'cursor lane_documents must be {self._batch_size} [name, bytes] pairs or nulls: pass what state() '
+           'returned')
+    change = lane_change(state, self._documents)
+    _check(change is None, f'cursor {change}: restore a cursor saved from the same source')
     self._reset(epoch=int(epoch), position=int(position),
                 lanes=[(int(index), int(offset)) for index, offset in lanes], skipped_empty=int(skipped))
 

@@ -6,10 +6,10 @@ Tasks, by name (each has a `_bytes` and a `_tokens` form):
     arxiv_*        TFDS `scientific_papers/arxiv` when prepared, or a folder of LaTeX papers as data_dir
     github_*       a folder of repositories as data_dir
     text_folder_*  any folder of UTF-8 text files (or the PG19 layout) as data_dir
-Every example has one feature, 'targets': the token ids of one whole document (no EOS; the batcher in
-segments.py marks document starts instead). Byte ids are shifted past pad/eos/unk as seqio's byte
-vocabulary does; token tasks use a lossless SentencePiece model (the embedded 8k PG-mini model unless a
-model path is given).
+Every example has two features: 'targets', the token ids of one whole document (no EOS; the batcher in
+segments.py marks document starts instead), and 'name', the file it came from ('' for TFDS). Byte ids are
+shifted past pad/eos/unk as seqio's byte vocabulary does; token tasks use a lossless SentencePiece model
+(the embedded 8k PG-mini model unless a model path is given).
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def _text_source(corpus_name: str, kind: str, data_dir: str | None) -> seqio.Dat
         raise ConfigError(_PG19_HOWTO if corpus_name == 'pg19' else
                           f'TFDS {tfds_name[0]} is not prepared in TFDS_DATA_DIR: prepare it, or give data_dir')
       ds = builder.as_dataset(split=split, shuffle_files=shuffle_files)
-      return ds.map(lambda ex: {'text': ex[tfds_name[1]]})
+      return ds.map(lambda ex: {'text': ex[tfds_name[1]], 'name': tf.constant('')})  # no names: ids stand in
     return seqio.FunctionDataSource(from_tfds, splits=corpus.SPLITS)
 
   def from_folder(split, shuffle_files, seed=None):
@@ -174,7 +174,7 @@ def task(name: str, data_dir: str | None = None, spm_path: str | None = None) ->
     seqio.TaskRegistry.remove(name)
     seqio.TaskRegistry.add(
         name, source=_text_source(corpus_name, kind, data_dir),
-        preprocessors=[functools.partial(seqio.preprocessors.rekey, key_map={'targets': 'text'}),
+        preprocessors=[functools.partial(seqio.preprocessors.rekey, key_map={'targets': 'text', 'name': 'name'}),
                        seqio.preprocessors.tokenize],
         output_features={'targets': seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32)})
     _REGISTERED[name] = key
@@ -217,8 +217,10 @@ def documents(name: str, split: str, *, data_dir: str | None = None, spm_path: s
   try:
     for i, example in enumerate(ds.as_numpy_iterator()):
       tokens = example['targets'].astype(np.int32)
+      # The file's name, for the cursor's fingerprint and its messages; a name that is not UTF-8 escaped.
+      name = example['name'].decode('utf-8', 'backslashreplace') or None
       out.append(segments.Document(tokens=tokens, num_bytes=table[tokens],
-                                   doc_id=i * process_count + process_index))
+                                   doc_id=i * process_count + process_index, name=name))
   except tf.errors.OpError as e:  # our ConfigError raised inside tf.data: surface its one line
     lines = [l for l in str(e.message).splitlines() if 'ConfigError: ' in l]
     if lines:
