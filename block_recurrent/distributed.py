@@ -27,27 +27,45 @@ def on_multi_worker_tpu() -> bool:
   return len([h for h in hosts.split(',') if h]) > 1
 
 
+MAX_PROCESSES = 2 ** 31 - 1  # JAX's process count and ids are C ints
+
+
+def check_args(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, auto: bool = False) -> None:
+  """The multi-process flags, checked before anything starts (no JAX call): a ConfigError names the flag."""
+  explicit = (coordinator_address, num_processes, process_id)
+  if auto and any(v is not None for v in explicit):
+    raise ConfigError('--distributed finds the cluster itself: drop --coordinator_address, --num_processes '
+                      'and --process_id, or drop --distributed')
+  if auto or all(v is None for v in explicit):
+    return
+  if None in explicit:
+    raise ConfigError('a multi-process run needs all of --coordinator_address, --num_processes and '
+                      '--process_id (or none of them on a Cloud TPU slice)')
+  if not 1 <= num_processes <= MAX_PROCESSES:
+    raise ConfigError(f'--num_processes {num_processes}: give the number of processes in the run, from 1 to '
+                      f'{MAX_PROCESSES}')
+  if not 0 <= process_id < num_processes:
+    raise ConfigError(f'--process_id {process_id} must lie in [0, --num_processes={num_processes})')
+  if ':' not in coordinator_address:
+    raise ConfigError(f'--coordinator_address {coordinator_address!r} must be HOST:PORT')
+  host, _, port = coordinator_address.rpartition(':')  # [::1]:1234 keeps its brackets
+  if not host.strip() or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+    raise ConfigError(f'--coordinator_address {coordinator_address!r} must be HOST:PORT with a host name or '
+                      'address and a port from 1 to 65535, e.g. 10.0.0.2:8476')
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, auto: bool = False) -> bool:
   """Starts the distributed runtime when the run spans processes; returns whether it did.
 
   auto (brt-train --distributed, what launch/train.sh passes): let JAX find the cluster itself (Cloud
   TPU metadata, SLURM, ...). Must run before anything touches a JAX device."""
-  explicit = (coordinator_address, num_processes, process_id)
-  if auto and any(v is not None for v in explicit):
-    raise ConfigError('--distributed finds the cluster itself: drop --coordinator_address, --num_processes '
-                      'and --process_id, or drop --distributed')
+  check_args(coordinator_address, num_processes, process_id, auto)
   if auto:
     jax.distributed.initialize()
     return True
-  if any(v is not None for v in explicit):
-    if None in explicit:
-      raise ConfigError('a multi-process run needs all of --coordinator_address, --num_processes and '
-                        '--process_id (or none of them on a Cloud TPU slice)')
-    if num_processes < 1 or not 0 <= process_id < num_processes:
-      raise ConfigError(f'--process_id {process_id} must lie in [0, --num_processes={num_processes})')
-    if ':' not in coordinator_address:
-      raise ConfigError(f'--coordinator_address {coordinator_address!r} must be HOST:PORT')
+  if num_processes is not None:
     if num_processes == 1:
       return False
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU devices only; TPUs use ICI

@@ -12,6 +12,9 @@ import sys
 from block_recurrent import api, cli, configs, flops, ginconf
 
 
+MAX_MEMORY = 2 ** 16  # --layer_costs allocates GTrXL's cache: 512 MiB at this many positions
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='brt-info', description=__doc__.splitlines()[0])
   ginconf.add_flags(parser)
@@ -34,6 +37,9 @@ def _info(args) -> int:
   if args.layer_costs:
     if any(m < 1 for m in args.memory):
       raise configs.ConfigError(f'--memory {" ".join(map(str, args.memory))}: every GTrXL memory must be >= 1')
+    if any(m > MAX_MEMORY for m in args.memory):  # the key/value cache is allocated: 8 KiB per position
+      raise configs.ConfigError(f'--memory {" ".join(map(str, args.memory))}: every GTrXL memory must be at most '
+                                f'{MAX_MEMORY} (its key/value cache is allocated, 8 KiB per position)')
     return _layer_costs(args.memory)
   cfg = ginconf.model_config(args.gin_file, args.gin_param)
   if args.devices:

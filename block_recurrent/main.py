@@ -63,6 +63,21 @@ def _check_load_dir(load_dir: str) -> None:
                               'at a brt-train workdir')
 
 
+def _check_given(flag: str, value: str | None, what: str) -> None:
+  """An empty string (often an unset shell variable) is never taken to mean the current folder or nothing."""
+  from block_recurrent import configs
+  if value == '':
+    raise configs.ConfigError(f'{flag} is empty: give {what}')
+
+
+def _check_train_flags(args) -> None:
+  """brt-train's own flags, right after argparse: before gin is parsed, a JAX call or any training."""
+  from block_recurrent import distributed  # pylint: disable=import-outside-toplevel
+  _check_given('--workdir', args.workdir, 'the folder the run writes to')
+  _check_given('--load_dir', args.load_dir, 'the brt-train workdir to start from, or leave it out')
+  distributed.check_args(args.coordinator_address, args.num_processes, args.process_id, auto=args.distributed)
+
+
 def main(argv: list[str] | None = None) -> int:
   from block_recurrent.train import preemption  # pylint: disable=import-outside-toplevel
   preemption.install()  # first: a SIGTERM during start-up still ends in a checkpoint and exit status 0
@@ -84,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
 
   def body() -> int:
+    _check_train_flags(args)
     model_cfg, data_cfg, train_cfg, mesh_cfg = _configs(args.gin_file, args.gin_param)
     if args.reset_optimizer and args.load_dir is None:
       raise configs.ConfigError('--reset_optimizer applies to the parameters --load_dir starts from: add '
@@ -130,6 +146,10 @@ def eval_main(argv: list[str] | None = None) -> int:
     if args.split not in ('train', 'validation', 'test'):
       raise configs.ConfigError(f'--split {args.split!r}: use train, validation or test')
     _check_step(args.step)
+    _check_given('--task', args.task, "a task such as pg19_bytes, or leave it out for the run's")
+    _check_given('--data_dir', args.data_dir, 'the corpus folder, or leave it out')
+    _check_given('--spm_path', args.spm_path, 'a SentencePiece model file (PREFIX.model), or leave it out')
+    _check_given('--losses_file', args.losses_file, 'a file name such as losses.tsv, or leave it out')
     model_cfg, data_cfg, train_cfg, mesh_cfg = _workdir_configs(args.workdir, args.gin_param)
     if args.task:
       data_cfg = dataclasses.replace(data_cfg, task=args.task, data_dir=args.data_dir, spm_path=args.spm_path)
@@ -168,6 +188,35 @@ def _check_sampling(args) -> None:
     raise configs.ConfigError(f'--top_k must be >= 0 (0 keeps every token), got {args.top_k}')
   if not 0.0 < args.top_p <= 1.0:
     raise configs.ConfigError(f'--top_p must lie in (0, 1] (1 keeps every token), got {args.top_p}')
+  if not 0 <= args.seed < 2 ** 32:
+    raise configs.ConfigError(f'--seed {args.seed}: give an integer from 0 to {2 ** 32 - 1}')
+
+
+def _check_prompt(prompt: str) -> None:
+  """A prompt from the command line holds bytes that are not UTF-8 as lone surrogates (Python decodes argv
+  with surrogateescape): say which byte, not UnicodeEncodeError."""
+  from block_recurrent import configs
+  try:
+    prompt.encode('utf-8')
+  except UnicodeEncodeError:
+    try:
+      prompt.encode('utf-8', 'surrogateescape').decode('utf-8')
+      where = ''
+    except UnicodeDecodeError as e:
+      where = f' (byte {e.start})'
+    except UnicodeEncodeError as e:
+      where = f' (character {e.start})'
+    raise configs.ConfigError(f'--prompt is not UTF-8{where}: pass UTF-8 text, or put it in a UTF-8 file and '
+                              'give --prompt_file') from None
+
+
+def _check_top_k(top_k: int, model_cfg, workdir: str) -> None:
+  """jax.lax.top_k takes at most the vocabulary: checked against the run's config.gin, before the restore."""
+  from block_recurrent import configs
+  if top_k > model_cfg.vocab_size:
+    vocab = model_cfg.vocab_size
+    raise configs.ConfigError(f'--top_k {top_k} is more than the {vocab} tokens of the model in --workdir {workdir}: '
+                              f'give at most {vocab}, or 0 to keep every token')
 
 
 def generate_main(argv: list[str] | None = None) -> int:
@@ -199,7 +248,9 @@ def generate_main(argv: list[str] | None = None) -> int:
         raise configs.ConfigError(f'cannot read --prompt_file {args.prompt_file}: {e.strerror}') from None
       except UnicodeDecodeError as e:
         raise configs.ConfigError(f'--prompt_file {args.prompt_file} is not UTF-8 (byte {e.start})') from None
+    _check_prompt(prompt)
     model_cfg, data_cfg, train_cfg, mesh_cfg = _workdir_configs(args.workdir, [])
+    _check_top_k(args.top_k, model_cfg, args.workdir)
     _check_data(data_cfg)
     from block_recurrent import generation as gen_lib
     from block_recurrent.train import scoring

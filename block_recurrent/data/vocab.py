@@ -98,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.vocab_size < 260:  # before the corpus is read
       raise ConfigError(f'--vocab_size {args.vocab_size} is too small: a lossless model needs >= 260 '
                         '(256 byte pieces)')
+    if args.vocab_size > 2 ** 20:  # 32-bit in SentencePiece; 2**31 - 1 ran over 10 minutes on PG-mini
+      raise ConfigError(f'--vocab_size {args.vocab_size} is too large: give at most {2 ** 20} pieces '
+                        '(large models use 32000 to 256000)')
+    if args.data_dir == '':  # an empty folder name would read the current folder as the corpus
+      raise ConfigError('--data_dir is empty: give the corpus folder, or leave it out for pg_mini')
     output = pathlib.Path(args.output)
     if output.name in ('', '.', '..') or output.is_dir():
       raise ConfigError(f'--output {args.output} is a folder: give a file prefix such as {output / "vocab"}')
