@@ -230,7 +230,7 @@ CASES = [
     Case('ckpt-newest-truncated', 'checkpoint', 'the newest checkpoint truncated: brt-eval falls back to the '
          'previous one (a warning, then the scores)', 'brt-eval',
          lambda c: [f'--workdir={c.truncate(c.copy(), 2)}', '--task=text_folder_bytes', f'--data_dir={c.texts()}'],
-         0, 'is incomplete or unreadable'),
+         0, 'is incomplete, corrupted or unreadable'),
     Case('ckpt-all-truncated', 'checkpoint', 'every checkpoint truncated', 'brt-eval',
          lambda c: [f'--workdir={c.truncate(c.truncate(c.copy(), 2), 1)}'], 2, 'can be read'),
     Case('ckpt-step-truncated', 'checkpoint', '--step names a truncated checkpoint', 'brt-generate',

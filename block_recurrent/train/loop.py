@@ -22,6 +22,7 @@ from block_recurrent import configs, distributed, flops, peak as peak_lib, shard
 from block_recurrent.data import segments, tasks
 from block_recurrent.model import linear_lm
 from block_recurrent.train import checkpoint as ckpt_lib, optim, preemption, step as step_lib, stream, summaries
+from block_recurrent.train import workdir as workdir_lib
 
 LN2 = math.log(2.0)
 
@@ -198,13 +199,20 @@ def _fresh_eval_carry(state: step_lib.TrainState) -> step_lib.TrainState:
 def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cfg: configs.TrainConfig,
           mesh_cfg: configs.MeshConfig, workdir: str, *, load_dir: str | None = None,
           reset_optimizer: bool = False, config_text: str = '', echo=print) -> dict:
-  # --- setup --------------------------------------------------------------------------------------
+  """Trains in workdir (resuming its newest sound checkpoint), holding the workdir's lock throughout."""
   s = setup(model_cfg, data_cfg, train_cfg, mesh_cfg)
   workdir = ckpt_lib.path(workdir)
   try:
     workdir.mkdir(parents=True, exist_ok=True)
   except OSError as e:
     raise configs.ConfigError(f'cannot write to workdir {workdir}: {e.strerror}') from None
+  lock = workdir_lib.Lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock:
+    return _train(s, model_cfg, data_cfg, train_cfg, workdir, load_dir, reset_optimizer, config_text, echo)
+
+
+def _train(s: Setup, model_cfg, data_cfg, train_cfg, workdir, load_dir, reset_optimizer, config_text, echo) -> dict:
+  # --- setup --------------------------------------------------------------------------------------
   pid, pcount = jax.process_index(), jax.process_count()
   validation = tasks.documents(data_cfg.task, 'validation', data_dir=data_cfg.data_dir,
                                spm_path=data_cfg.spm_path, process_index=pid, process_count=pcount)
@@ -212,7 +220,7 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
   # --- restore --------------------------------------------------------------------------------------
   checkpointer = ckpt_lib.Checkpointer(workdir / 'checkpoints', keep=train_cfg.keep_checkpoints,
                                        every=train_cfg.checkpoint_every)
-  restored = checkpointer.restore(s.target)
+  restored = _restore(checkpointer, s.target, workdir, (model_cfg, data_cfg, train_cfg))
   first_step, cursor = 0, None
   if restored is not None:
     first_step, state, cursor = restored
@@ -220,11 +228,16 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
   batchers = stream.train_batchers(data_cfg, model_cfg.segment_length, cursor)
   try:  # only once the checkpoints (if any) fit this config: a refused resume keeps the old config.gin
     if jax.process_index() == 0:
-      (workdir / 'config.gin').write_text(config_text)
+      kept = workdir_lib.record_config(workdir, config_text, first_step)
+      if kept:
+        echo(f'the config differs from the one this run was trained with: that one is kept as {kept}')
   except OSError as e:
     raise configs.ConfigError(f'cannot write to workdir {workdir}: {e.strerror}') from None
   if restored is not None:
     echo(f'resumed from {checkpointer.directory}/{first_step}')
+    if load_dir:
+      echo(f'--load_dir {load_dir}' + (' and --reset_optimizer' if reset_optimizer else '') + ' not used: '
+           'they only start a workdir that has no checkpoint yet, and this one resumes its own')
   else:
     state = jax.jit(s.init, out_shardings=s.state_sh)()
     if load_dir:
@@ -236,7 +249,7 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
   # --- loop ---------------------------------------------------------------------------------------
   peak = _mfu_peak(workdir, train_cfg, echo)
   flops_per_token = flops.train_flops_per_token(model_cfg)
-  writer = summaries.MetricsWriter(workdir)
+  writer = summaries.MetricsWriter(workdir, resumed_at=first_step if restored is not None else None)
   step_now = int(state.step)
   echo(f'training {data_cfg.task} for {train_cfg.num_steps} steps from step {step_now}: workdir {workdir}')
   sums, t_log, t0, last, timed_tokens = {}, time.perf_counter(), time.perf_counter(), {}, 0.0
@@ -290,11 +303,11 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
         writer.write('train', done, last)
         sums, t_log, timed_tokens = {}, time.perf_counter(), 0.0
       if skips_in_row >= train_cfg.max_consecutive_skips:
-        checkpointer.wait()
-        good = checkpointer.steps()
-        if rollbacks_left and good:
+        first_bad = done - skips_in_row + 1
+        back = _set_aside_diverged(checkpointer, first_bad, echo)
+        if rollbacks_left and back is not None:
           rollbacks_left -= 1
-          back, state, _ = checkpointer.restore(s.target)  # the data cursor stays: the batches since are skipped
+          back, state, _ = checkpointer.restore(s.target, back)  # the data cursor stays: the batches since are skipped
           echo(f'{skips_in_row} non-finite steps in a row (to step {done}): rolled back to '
                f'{checkpointer.directory}/{back}, skipping the data read since ({rollbacks_left} rollbacks left); '
                'every lane restarts its context (the restored carry belongs to the skipped data)')
@@ -302,11 +315,12 @@ def train(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig, train_cf
           continue
         writer.close()
         checkpointer.close()
-        where = f'{checkpointer.directory}/{good[-1]}' if good else 'none (no checkpoint was written)'
+        where = (f'the last good checkpoint is {checkpointer.directory}/{back}' if back is not None
+                 else 'no good checkpoint was written before it')
         raise TrainingStopped(
-            f'{skips_in_row} consecutive non-finite steps ({done - skips_in_row + 1} to {done}): training stopped '
-            f'at step {done}; the last good checkpoint is {where}. Lower TrainConfig.learning_rate, set '
-            'TrainConfig.grad_clip or TrainConfig.nonfinite_rollbacks, then rerun to resume from it')
+            f'{skips_in_row} consecutive non-finite steps ({first_bad} to {done}): training stopped at step {done}; '
+            f'{where}. Lower TrainConfig.learning_rate, set TrainConfig.grad_clip or TrainConfig.nonfinite_rollbacks, '
+            'then rerun to ' + ('resume from it' if back is not None else 'start afresh'))
       if train_cfg.eval_every and done % train_cfg.eval_every == 0 and done < train_cfg.num_steps:
         with clock.paused():
           state, ev = evaluate(s, eval_fn, state, validation, model_cfg.segment_length, train_cfg.eval_segments,
@@ -370,6 +384,37 @@ class _TrainClock:
       yield
     finally:
       self._paused += time.perf_counter() - t
+
+
+def _set_aside_diverged(checkpointer, first_bad: int, echo) -> int | None:
+  """After non-finite steps from first_bad on, the newest checkpoint that is still good, or None. The
+  checkpoint of step first_bad - 1 is what produced the first non-finite step (a finite update can push the
+  parameters far enough), so it and any newer one are moved aside: a rerun or a rollback then resumes from
+  the good one, and the steps after it can be saved again."""
+  checkpointer.wait()
+  suspect = [step for step in checkpointer.steps() if step >= first_bad - 1]
+  for step in suspect:
+    target = checkpointer.set_aside(step, 'diverged')
+    echo(f'checkpoint {checkpointer.directory}/{step} led to non-finite steps: moved to {target}')
+  good = checkpointer.steps()
+  return good[-1] if good else None
+
+
+def _restore(checkpointer, target, workdir, cfgs):
+  """The newest sound checkpoint; a mismatch names the settings that differ from the run's config.gin."""
+  try:
+    return checkpointer.restore(target)
+  except ckpt_lib.CheckpointMismatch as e:
+    raise mismatch_error(e, workdir, cfgs) from None
+
+
+def mismatch_error(e: ckpt_lib.CheckpointMismatch, workdir, cfgs) -> configs.ConfigError:
+  saved = workdir / 'config.gin'
+  changed = workdir_lib.settings_diff(saved.read_text(), *cfgs) if saved.exists() else ''
+  if not changed:
+    return e
+  return configs.ConfigError(f'checkpoint {e.location} does not fit this config: {changed} ({e.detail}): use the '
+                             'settings it was saved with, or a new --workdir')
 
 
 def _load_parameters(s: Setup, state, load_dir: str, reset_optimizer: bool, echo):

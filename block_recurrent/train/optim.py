@@ -36,6 +36,6 @@ def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
                               clipping_threshold=cfg.adafactor_clipping or None)
   else:
     opt = optax.adamw(lr, b1=0.9, b2=0.98, weight_decay=cfg.weight_decay)
-  if cfg.grad_clip > 0:
-    opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
-  return opt
+  # Always chained, at an infinite norm when clipping is off (updates pass unchanged, bitwise): the
+  # optimiser state has one structure either way, so a run can be resumed with clipping turned on.
+  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip if cfg.grad_clip > 0 else float('inf')), opt)

@@ -1,4 +1,4 @@
-"""SIGTERM (how Cloud TPU announces a preemption) and SIGINT while training.
+"""SIGTERM (how Cloud TPU announces a preemption), SIGINT and SIGHUP (a closed terminal) while training.
 
 The first signal only sets a flag: the loop finishes its step, writes a checkpoint, flushes its metrics
 and returns, and brt-train exits with status 0. A second signal exits at once (status 128 + signal).
@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # SIGHUP: the terminal was closed
 
 
 class Signals:

@@ -3,29 +3,72 @@ a whole split scored with the state carried through every segment of every docum
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 
 from block_recurrent import configs
 from block_recurrent.data import tasks
-from block_recurrent.train import checkpoint as ckpt_lib
-from block_recurrent.train.loop import LN2, eval_program, evaluate, setup
+from block_recurrent.train import checkpoint as ckpt_lib, workdir as workdir_lib
+from block_recurrent.train.loop import LN2, eval_program, evaluate, mismatch_error, setup
 
 
 def restore_workdir(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig,
                     train_cfg: configs.TrainConfig, mesh_cfg: configs.MeshConfig, workdir: str,
                     step: int | None = None):
-  """(setup, step, train state) of a brt-train workdir's newest (or `step`) complete checkpoint."""
-  s = setup(model_cfg, data_cfg, train_cfg, mesh_cfg)
+  """(setup, step, train state) of a brt-train workdir's newest (or `step`) sound checkpoint.
+
+  The checkpoint is read with the batch sizes it was saved with (its carries' shapes; they are in the
+  workdir's config.gin), and the returned setup and state have data_cfg's evaluation batch, with a fresh
+  evaluation carry: `--gin_param=configs.DataConfig.eval_batch_size=N` works on any run."""
   directory = ckpt_lib.path(workdir) / 'checkpoints'
   if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
     raise configs.ConfigError(f'{workdir} has no checkpoint: train it first with brt-train --workdir={workdir}')
+  saved = workdir_lib.bindings((ckpt_lib.path(workdir) / 'config.gin').read_text())
+  saved_batch = saved.get('DataConfig.batch_size', workdir_lib.default('DataConfig.batch_size'))
+  saved_cfg = dataclasses.replace(data_cfg, batch_size=saved_batch,
+                                  eval_batch_size=saved.get('DataConfig.eval_batch_size'))
+  s_saved = setup(model_cfg, saved_cfg, train_cfg, mesh_cfg)
+  s = setup(model_cfg, dataclasses.replace(data_cfg, batch_size=saved_batch), train_cfg, mesh_cfg)
   checkpointer = ckpt_lib.Checkpointer(directory, keep=1000, every=1, create=False)
-  restored = checkpointer.restore(s.target, step)
-  checkpointer.close()
+  try:
+    restored = checkpointer.restore(s_saved.target, step)
+  except ckpt_lib.CheckpointMismatch as e:
+    raise mismatch_error(e, ckpt_lib.path(workdir), (model_cfg, data_cfg)) from None
+  except configs.ConfigError as e:
+    live = workdir_lib.holder(ckpt_lib.path(workdir))
+    if not live:
+      raise
+    raise configs.ConfigError(f'{workdir} is being trained right now ({live}) and its checkpoints changed while '
+                              f'they were read ({e}): run this again in a moment') from None
+  finally:
+    checkpointer.close()
   if restored is None:
     raise configs.ConfigError(f'{directory} holds no complete checkpoint'
                               + (f' at step {step}' if step is not None else ''))
-  return s, restored[0], restored[1]
+  state = restored[1]
+  if s.eval_batch != s_saved.eval_batch:  # the saved evaluation carry is never used: a fresh one of the new size
+    state = state._replace(eval_carry=jax.jit(lambda: s.init().eval_carry, out_shardings=s.state_sh.eval_carry)())
+  return s, restored[0], state
+
+
+LOSSES_HEADER = 'doc_id\tposition\ttoken\tbits\n'
+
+
+def _check_losses_file(losses_file: str) -> None:
+  """Overwrite only a losses file brt-eval wrote before: never a run's config.gin or anything else."""
+  import os  # pylint: disable=import-outside-toplevel
+  if os.path.isdir(losses_file):
+    raise configs.ConfigError(f'--losses_file {losses_file} is a folder: give a file name such as {losses_file}/losses.tsv')
+  if os.path.exists(losses_file):
+    try:
+      with open(losses_file, encoding='utf-8', errors='replace') as f:
+        first = f.readline()
+    except OSError as e:
+      raise configs.ConfigError(f'cannot read --losses_file {losses_file}: {e.strerror}') from None
+    if first != LOSSES_HEADER:
+      raise configs.ConfigError(f'--losses_file {losses_file} already exists and is not a losses file brt-eval '
+                                'wrote: give a new path (it was left as it is)')
 
 
 def evaluate_workdir(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig,
@@ -42,11 +85,12 @@ def evaluate_workdir(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfi
   echo(f'scoring {len(docs)} {split} documents of {data_cfg.task} with {workdir}/checkpoints/{step}')
   out = None
   if losses_file:
+    _check_losses_file(losses_file)
     try:
       out = open(losses_file, 'w')  # pylint: disable=consider-using-with
     except OSError as e:
       raise configs.ConfigError(f'cannot write --losses_file {losses_file}: {e.strerror}') from None
-    out.write('doc_id\tposition\ttoken\tbits\n')
+    out.write(LOSSES_HEADER)
 
   def write(doc_id, first, targets, nll):
     out.writelines(f'{doc_id}\t{first + i}\t{t}\t{b:.5f}\n' for i, (t, b) in enumerate(zip(targets, nll / LN2)))

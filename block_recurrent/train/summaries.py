@@ -11,8 +11,10 @@ import jax
 
 class MetricsWriter:
 
-  def __init__(self, workdir):
-    """workdir: a pathlib or epath Path (local, or a URL such as gs://...)."""
+  def __init__(self, workdir, resumed_at: int | None = None):
+    """workdir: a pathlib or epath Path (local, or a URL such as gs://...). resumed_at: the step a resumed
+    run restarts from: rows of later steps (written before the interruption, and about to be written again)
+    move to metrics.superseded.jsonl, so that metrics.jsonl has one row per split and step."""
     self.enabled = jax.process_index() == 0
     self.workdir = workdir
     self._local = '://' not in str(workdir)
@@ -20,6 +22,8 @@ class MetricsWriter:
     self._lines: list[str] = []  # object stores cannot append: the file is rewritten whole
     if self.enabled:
       path = workdir / 'metrics.jsonl'
+      if resumed_at is not None and path.exists():
+        _supersede(workdir, resumed_at)
       if self._local:
         self._jsonl = path.open('a')
       elif path.exists():
@@ -54,6 +58,21 @@ class MetricsWriter:
       self._jsonl.close()
       for w in self._writers.values():
         w.close()
+
+
+def _supersede(workdir, step: int) -> None:
+  path = workdir / 'metrics.jsonl'
+  keep, later = [], []
+  for line in path.read_text().splitlines(keepends=True):
+    try:
+      row_step = int(json.loads(line).get('step', 0))
+    except (ValueError, AttributeError):
+      row_step = 0  # a line cut short by a crash stays where it is
+    (later if row_step > step else keep).append(line)
+  if later:
+    old = workdir / 'metrics.superseded.jsonl'
+    old.write_text((old.read_text() if old.exists() else '') + ''.join(later))
+    path.write_text(''.join(keep))
 
 
 def read_events(folder) -> list[tuple[int, str, float]]:

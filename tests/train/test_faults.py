@@ -71,8 +71,9 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_parameters(tmp_pa
 
 
 def test_nonfinite_gradients_are_skipped_then_roll_back_then_stop_the_run(tmp_path, env):
-  """NaN gradients at step 3 (one skip), then at 9, 10, 11: K=3 in a row roll the run back to checkpoint 8
-  once (the data read since is skipped); the same steps fail again and, with no rollback left, stop it."""
+  """NaN gradients at step 3 (one skip), then at 9, 10, 11: K=3 in a row. Checkpoint 8 produced the first
+  NaN step, so it is moved aside and the run rolls back to checkpoint 6 once (the data read since is
+  skipped); the same steps fail again and, with no rollback left, stop it."""
   workdir = tmp_path / 'nan'
   run = faults.run_to_end(_args(workdir, 'configs.TrainConfig.inject_nonfinite_steps = (3, 9, 10, 11)',
                                 'configs.TrainConfig.max_consecutive_skips = 3',
@@ -82,25 +83,27 @@ def test_nonfinite_gradients_are_skipped_then_roll_back_then_stop_the_run(tmp_pa
   assert 'step 3: non-finite loss' in out and 'update skipped (1 in a row)' in out
   assert 'step 11: non-finite loss' in out and 'update skipped (3 in a row)' in out
   assert 'every lane restarts its context' in out
-  rolled = f'3 non-finite steps in a row (to step 11): rolled back to {workdir.resolve()}/checkpoints/8'
+  rolled = f'3 non-finite steps in a row (to step 11): rolled back to {workdir.resolve()}/checkpoints/6'
   assert out.count(rolled) == 1 and out.count('step 11: non-finite loss') == 2, out[-3000:]
   errors = [line for line in run.stderr.splitlines() if line.startswith('brt-train: error:')]
   assert len(errors) == 1, run.stderr[-2000:]
   assert ('3 consecutive non-finite steps (9 to 11): training stopped at step 11; the last good checkpoint is '
-          f'{workdir.resolve()}/checkpoints/8') in errors[0]
+          f'{workdir.resolve()}/checkpoints/6') in errors[0]
   records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   train = [r for r in records if r['split'] == 'train']
   first = {r['step']: r for r in train[:11]}
   assert first[3]['skipped_steps'] == 1 and first[4]['skipped_steps'] == 0 and first[2]['skipped_steps'] == 0
   assert 'loss' not in first[10] and first[10]['grad_norm'] is None  # nothing finite to report
-  # After the rollback the run went on from step 8 (state.step rewound), and step 9 failed again.
+  # After the rollback the run went on from step 6 (state.step rewound), and step 9 failed again.
   again = [r for r in train[11:] if r['step'] == 9]
   assert again and again[0]['skipped_steps'] == 1
-  # The skipped steps left nothing non-finite behind: checkpoint 8 is the newest and all finite.
-  saved = faults.saved_state(workdir, 8)
+  # Checkpoint 8 was set aside both times (kept, not deleted); 6 is the newest and all finite.
+  aside = sorted(p.name.split('.')[:2] for p in (workdir / 'checkpoints_set_aside').iterdir())
+  assert aside == [['8', 'diverged'], ['8', 'diverged']], aside
+  saved = faults.saved_state(workdir, 6)
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(saved['state'])
              if np.issubdtype(np.asarray(x).dtype, np.floating))
-  assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())[-1] == 8
+  assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())[-1] == 6
 
 
 def test_a_skipped_step_leaves_the_parameters_unchanged():
