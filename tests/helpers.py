@@ -51,3 +51,30 @@ def assert_close(a, b, tol, what=''):
 # on the model axis), since a batch that does not split over the batch axes is an error.
 MESH = ('configs.MeshConfig.data = 2', 'configs.MeshConfig.model = -1')
 MESH_ARGS = tuple(f'--gin_param={p}' for p in MESH)
+
+
+def check_prefill(model, lengths, what=''):
+  """brt-generate's prefill (generation._prefill) gives the segment form's logits at a prompt's last token
+  for prompts of every length in `lengths`, with one compilation of each of its programs, on weights placed
+  on a mesh as brt-generate restores them (heads split over 2 devices); so does its token step."""
+  from block_recurrent import generation, sharding  # pylint: disable=import-outside-toplevel
+  params, apply, graphdef = brt.functional(model)
+  mesh = sharding.make_mesh(1, 1, 2, devices=jax.devices()[:2])
+  placed = jax.device_put(params, sharding.param_shardings(mesh, params))
+  n = model.config.segment_length
+  prefill = generation._prefill(graphdef, mesh)  # pylint: disable=protected-access
+  for length in lengths:
+    ids = tokens(length, 1, length, 259)
+    ids[:, 0] = 0  # a document's first input
+    logits, _ = prefill(placed, ids)
+    padded = np.zeros((1, -(-length // n) * n), np.int32)
+    padded[:, :length] = ids
+    carry = model.init_carry(1)
+    for s in range(0, padded.shape[1], n):
+      segment_logits, carry = apply(params, padded[:, s:s + n], carry, np.array([s == 0]))
+    assert_close(logits, segment_logits[:, (length - 1) % n], 1e-4, f'{what}: prompt of {length} tokens')
+  brt.generate_ids(model, placed, [70], max_new_tokens=3, temperature=0.0)
+  next_token = generation._programs(graphdef, 0.0, 0, 1.0, None, mesh)[1]  # pylint: disable=protected-access
+  programs = (prefill.begin, prefill.segment, prefill.rest, next_token)
+  sizes = [f._cache_size() for f in programs]  # pylint: disable=protected-access
+  assert sizes == [1, 1, 1, 1], f'{what}: compilations of begin, segment, rest, next_token: {sizes}'

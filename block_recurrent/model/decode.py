@@ -176,22 +176,7 @@ def run(model, ds: DecodeState, tokens_BxT: Array, start_BxT: Array | None = Non
 
 
 def prefill(model, tokens_BxP: Array):
-  """Consumes a prompt at the start of a document: whole blocks with the segment/block form (in chunks of
-  segment_length, so segment boundaries fall where training put them), the rest token by token.
-  Returns (logits [B, V] for the token after the prompt, or None for an empty prompt; decode state)."""
-  cfg = model.config
-  tokens = jnp.asarray(tokens_BxP, jnp.int32)
-  batch, length = tokens.shape
-  whole = (length // cfg.window) * cfg.window
-  carry = model.init_carry(batch)
-  logits = None
-  for begin in range(0, whole, cfg.segment_length):
-    end = min(begin + cfg.segment_length, whole)
-    chunk_logits, carry = model(tokens[:, begin:end], carry, jnp.full((batch,), begin == 0))
-    logits = chunk_logits[:, -1]
-  ds = from_carry(model, carry, jnp.full((batch,), whole, jnp.int32))
-  if whole < length:
-    start = jnp.zeros((batch, length - whole), bool).at[:, 0].set(whole == 0)
-    rest_logits, ds = run(model, ds, tokens[:, whole:], start)
-    logits = rest_logits[:, -1]
-  return logits, ds
+  """Reads a prompt at the start of a document (model/prefill.py): (logits [B, V] for the token after
+  the prompt, or None for an empty prompt; decode state)."""
+  from block_recurrent.model import prefill as prefill_lib  # pylint: disable=import-outside-toplevel
+  return prefill_lib.prefill(model, tokens_BxP)

@@ -19,7 +19,7 @@ from flax import nnx
 
 from block_recurrent import sharding
 from block_recurrent.configs import ConfigError, ModelConfig
-from block_recurrent.model import gtrxl, layers, linear_recurrent as lr
+from block_recurrent.model import gtrxl, layers, linear_recurrent as lr, prefill as prefill_lib
 
 Array = jax.Array
 
@@ -93,12 +93,10 @@ class LinearLanguageModel(nnx.Module):
     logits = jnp.einsum('btd,vd->btv', y, self.embed[...]) / layers.logit_divisor(cfg)
     return logits, LayerStates(tuple(states))
 
-  # The generation contract (generation.py calls these when a model has them).
+  # The generation contract: model/prefill.py reads a prompt with step() when a model has one.
 
   def prefill(self, tokens_BxP: Array):
-    batch = tokens_BxP.shape[0]
-    logits, carry = self(tokens_BxP, self.init_carry(batch), jnp.ones((batch,), bool))
-    return logits[:, -1], carry
+    return prefill_lib.prefill(self, tokens_BxP)
 
   def step(self, carry: LayerStates, token_B: Array, start_B: Array | None = None):
     start = jnp.zeros(token_B.shape, bool) if start_B is None else start_B

@@ -1,5 +1,6 @@
 """Decoding: token by token == the block form (teacher forcing) for every variant, across a document
-reset; prefill + decode == pure decode; greedy generation is deterministic; a seed reproduces sampling."""
+reset; prefill + decode == pure decode; prefill compiles once for prompts of any length; greedy
+generation is deterministic; a seed reproduces sampling; no id past the vocabulary is ever sampled."""
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +10,7 @@ from flax import nnx
 
 import block_recurrent as brt
 from block_recurrent.model import decode
+from block_recurrent.model.lm import LanguageModel
 import helpers
 
 
@@ -71,6 +73,11 @@ def tiny_rec():
   return _model('rec_fixed_skip')
 
 
+def test_prefill_compiles_once_for_prompts_of_any_length(tiny_rec):
+  n = tiny_rec.config.segment_length  # a partial block, then 1, 1.5, 3 and 5 segments
+  helpers.check_prefill(tiny_rec, [1, 13, n, 3 * n // 2, 3 * n, 5 * n + 5], 'rec_fixed_skip')
+
+
 def test_greedy_generation_is_deterministic_and_seeds_reproduce_sampling(tiny_rec):
   kw = dict(max_new_tokens=3 * tiny_rec.config.window + 2)
   greedy = [brt.generate_ids(tiny_rec, None, [70, 71, 72], temperature=0.0, seed=s, **kw) for s in (0, 1)]
@@ -112,10 +119,46 @@ def test_sampling_filters():
   assert int(sample(logits, keys[0], 0.0, 0, 1.0)[0]) == 0
 
 
+class _FavoursPadding(LanguageModel):
+  """A model whose output layer makes id 259 (past the 259 ids of the byte vocabulary) the likeliest."""
+
+  def logits(self, y_BxNxD):
+    return super().logits(y_BxNxD).at[..., 259].add(1e3)
+
+
+def test_sampling_never_produces_ids_past_the_vocabulary():
+  from block_recurrent.generation import ByteCodec, sample
+  logits = jnp.zeros((1, 260)).at[:, 259].set(50.0).at[:, 70].set(1.0)
+  keys = jax.random.split(jax.random.key(0), 200)
+  draws = lambda t, **kw: np.asarray(jax.vmap(lambda k: sample(logits, k, t, **kw)[0])(keys))
+  assert set(draws(0.0, top_k=0, top_p=1.0).tolist()) == {259}  # without a limit the padding id wins
+  assert set(draws(0.0, top_k=0, top_p=1.0, vocab_size=259).tolist()) == {70}
+  for kw in (dict(top_k=0, top_p=1.0), dict(top_k=1, top_p=1.0), dict(top_k=0, top_p=0.1), dict(top_k=3, top_p=0.5)):
+    assert draws(1.0, vocab_size=259, **kw).max() < 259, kw
+  assert ByteCodec().decode([259, 75, 1]) == 'H'  # ids that stand for no byte decode to nothing
+
+
+def test_generate_never_produces_ids_past_the_byte_vocabulary():
+  from block_recurrent import generation
+  model = _FavoursPadding(helpers.config('rec_fixed_skip', dropout_rate=0.0), nnx.Rngs(params=0))
+  graphdef, params = nnx.split(model)
+  logits, _ = generation._prefill(graphdef)(params, np.array([[0, 70]], np.int32))  # pylint: disable=protected-access
+  assert int(np.argmax(logits)) == 259  # what the model would choose
+  sampled = brt.generate_ids(model, None, [70], max_new_tokens=12, temperature=1.0, top_k=20, top_p=0.9, seed=1,
+                             vocab_size=259)  # greedy masks the same way (test_sampling_never_produces_...)
+  assert max(sampled) < 259
+  pieces = []  # brt-generate's path: the byte codec limits sampling to its 259 ids ('C' is id 70)
+  text = brt.generate(model, None, 'C', max_new_tokens=12, temperature=1.0, top_k=20, top_p=0.9, seed=1,
+                      stream=pieces.append)
+  assert text == generation.ByteCodec().decode(sampled) == ''.join(pieces)
+
+
 def test_sentencepiece_streaming_gives_the_decoded_text():
   from block_recurrent.data import tasks
-  from block_recurrent.generation import SentencePieceCodec
+  from block_recurrent.generation import ByteCodec, SentencePieceCodec
   codec = SentencePieceCodec(tasks.DEFAULT_SPM)
+  assert codec.vocab_size == tasks.vocab_size('pg_mini_tokens')
+  assert ByteCodec.vocab_size == tasks.vocab_size('pg_mini_bytes') == 259
   text = 'It is a truth universally acknowledged — naïve café, 12 o\'clock.'
   ids = codec.encode(text)
   feed = codec.decoder()

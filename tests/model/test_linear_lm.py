@@ -1,5 +1,6 @@
 """The ReLiT / AReLiT / GTrXL language models: two segments == one, the step form (generation) ==
-the segment form, a start row forgets its carry, and the gin files build them."""
+the segment form, prefill compiles once for prompts of any length, a start row forgets its
+carry, and the gin files build them."""
 
 import dataclasses
 
@@ -54,6 +55,12 @@ def test_segments_and_steps_agree(name):
     return jnp.concatenate([logits[:, None], jnp.moveaxis(rest, 0, 1)], axis=1)
 
   helpers.assert_close(jax.jit(steps)(params, toks), whole, 1e-4, f'{name}: token by token == segment')
+
+
+def test_prefill_compiles_once_for_prompts_of_any_length():
+  model = _model('relit_mixed')  # ReLiT and GTrXL layers
+  n = model.config.segment_length  # a few tokens, then 1, 1.5, 3 and 5 segments
+  helpers.check_prefill(model, [1, 13, n, 3 * n // 2, 3 * n, 5 * n + 5], 'relit_mixed')
 
 
 @pytest.mark.parametrize('name', ['relit', 'arelit', 'gtrxl'])
