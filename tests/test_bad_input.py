@@ -6,13 +6,13 @@ BRT_RELIABILITY_TABLE=rows.md pytest tests/test_bad_input.py)."""
 import ast
 import os
 import pathlib
-import re
 import shutil
 import sys
 from typing import Callable, NamedTuple
 
 import pytest
 
+import doc_tables
 from helpers import MESH
 
 from block_recurrent import configs, info
@@ -354,12 +354,7 @@ def _record(case: Case, message: str) -> None:
 
 
 def _doc_rows() -> dict[str, str]:
-  rows = {}
-  for line in DOC.read_text().splitlines():
-    cells = [c.strip() for c in line.split(' | ')]
-    if line.startswith('| ') and len(cells) >= 5 and re.fullmatch(r'\| [a-z0-9]+(-[a-z0-9]+)+', cells[0]):
-      rows[cells[0][2:]] = line
-  return rows
+  return doc_tables.rows('## Bad inputs tried')
 
 
 def test_doc_table_lists_every_case_and_its_message():

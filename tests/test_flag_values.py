@@ -175,3 +175,11 @@ def test_good_values_at_the_bounds_pass():
   _check_top_k(260, configs.ModelConfig(vocab_size=260), 'run')
   with pytest.raises(configs.ConfigError, match='--top_k 261'):
     _check_top_k(261, configs.ModelConfig(vocab_size=260), 'run')
+
+
+def test_doc_table_lists_every_case():
+  import doc_tables
+  rows = doc_tables.rows('### Flag values')
+  assert sorted(rows) == sorted(c.id for c in CASES)
+  for case in CASES:
+    assert case.fragment in rows[case.id], case.id

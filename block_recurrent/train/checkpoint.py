@@ -12,6 +12,7 @@ ever deleted but Orbax's rotation of old checkpoints and the temporary folders o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -80,9 +81,26 @@ class Checkpointer:
     if step in self.steps():  # only after a fall-back past an unreadable step; keep it rather than fail
       self.set_aside(step, 'replaced')
     integrity = {'version': INTEGRITY_VERSION, 'arrays': digests(state), 'cursor': _cursor_hash(cursor)}
-    return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                           data=ocp.args.JsonSave(cursor),
-                                                           integrity=ocp.args.JsonSave(integrity)), force=force)
+    with self._writing():
+      return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                             data=ocp.args.JsonSave(cursor),
+                                                             integrity=ocp.args.JsonSave(integrity)), force=force)
+
+  @contextlib.contextmanager
+  def _writing(self):
+    """A failed write (a full disk, a folder made read-only mid-run; Orbax reports an asynchronous save's
+    failure at the next save or wait) is one CheckpointWriteError naming the reason and the newest
+    complete checkpoint, which stays as it was."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      reason = _os_reason(e)
+      if reason is None:
+        raise
+      complete = [int(c.name) for c in self.directory.iterdir() if c.name.isdigit()] if self.directory.exists() else []
+      newest = f'{self.directory}/{max(complete)}' if complete else 'none yet'
+      raise CheckpointWriteError(f'cannot write checkpoints to {self.directory}: {reason}: free space or fix the '
+                                 f'folder, then rerun to resume (the newest complete checkpoint: {newest})') from None
 
   def remove_incomplete(self) -> list[str]:
     """Deletes the temporary folders of interrupted saves (a process killed while Orbax was writing), but
@@ -203,11 +221,29 @@ class Checkpointer:
     return s, state, cursor
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._writing():
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
+
+
+class CheckpointWriteError(ConfigError):
+  """A checkpoint could not be written (disk full, permissions): the message says why and what is safe."""
+
+
+def _os_reason(e: BaseException) -> str | None:
+  """The operating system's reason in a failed write ('No space left on device'), or None if e is not one."""
+  if isinstance(e, OSError) and e.strerror:
+    return e.strerror
+  match = re.search(r'(?:Failed to write|Failed writing|Error writing)[^\n]*?: ([A-Z][a-z][^:\[\n]*?) \[os_error_code', str(e))
+  if match:
+    return match.group(1)
+  match = re.search(r': ([A-Z][a-z][^:\[\n]*?) \[os_error_code', str(e))
+  return match.group(1) if match else None
 
 
 class _Unsound(Exception):

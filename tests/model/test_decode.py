@@ -165,3 +165,12 @@ def test_sentencepiece_streaming_gives_the_decoded_text():
   streamed = ''.join(feed(i) for i in ids) + feed(None)
   assert streamed == codec.decode(ids) and len(ids) > 5
   assert codec.encode('') == []
+
+
+def test_doc_table_lists_the_generation_cases():
+  import doc_tables
+  rows = doc_tables.rows('### Generation')
+  assert sorted(rows) == ['gen-long-prompt', 'gen-sample-past-vocab']
+  for name in ('test_sampling_never_produces_ids_past_the_vocabulary',
+               'test_generate_never_produces_ids_past_the_byte_vocabulary', 'test_prefill_compiles_once_for_prompts_of_any_length'):
+    assert name in ''.join(rows.values()) and name in globals(), name

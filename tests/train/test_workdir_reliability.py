@@ -227,3 +227,54 @@ def test_the_checkpoint_that_led_to_nan_is_set_aside_and_the_advice_can_be_follo
   assert [n.split('.')[:2] for n in os.listdir(run / 'checkpoints_set_aside')] == [['3', 'diverged']]
   assert _train(run, 'configs.TrainConfig.num_steps = 3', 'configs.TrainConfig.grad_clip = 1.0') == 0
   assert f'resumed from {run}/checkpoints/2' in capsys.readouterr().out
+
+
+def test_a_full_disk_is_one_line(tmp_path):
+  """A real failed write: brt-train in a child process whose files may not grow past 150 kB (RLIMIT_FSIZE,
+  so the kernel fails the checkpoint's array writes with EFBIG, as a full disk fails them with ENOSPC).
+  Orbax reports the failure from its threads and callbacks too (hundreds of lines before): one line now."""
+  import resource
+
+  def small_files():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+
+  argv = [sys.executable, '-m', 'block_recurrent.main', *TINY, *[f'--gin_param={p}' for p in FAST],
+          f'--workdir={tmp_path}/run']
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', TF_CPP_MIN_LOG_LEVEL='3')
+  run = subprocess.run(argv, preexec_fn=small_files, capture_output=True, text=True, env=env, timeout=600)
+  err = [line for line in run.stderr.splitlines() if not line.startswith(('I0000', 'E0000', 'W0000', 'WARNING: All'))]
+  assert run.returncode == 2 and len(err) == 1, run.stderr[-3000:]
+  assert err[0].startswith(f'brt-train: error: cannot write checkpoints to {tmp_path}/run/checkpoints: File too large: '
+                           'free space or fix the folder, then rerun to resume'), err
+
+
+CASES = {  # docs/reliability.md, "Checkpoints and the workdir": the case ids and the tests that run them
+    'ckpt-flipped-bytes': test_flipped_bytes_are_detected_set_aside_and_the_run_ends_as_uninterrupted,
+    'ckpt-flipped-bytes-reader': test_a_reader_falls_back_without_moving_anything,
+    'ckpt-unreadable-newest-rerun': test_an_unreadable_newest_checkpoint_lets_the_run_finish,
+    'ckpt-missing-state-metadata': test_missing_state_metadata_falls_back_instead_of_blaming_the_config,
+    'workdir-second-trainer': test_a_second_trainer_is_refused_and_a_dead_ones_lock_is_taken_over,
+    'nonfinite-diverged-checkpoint': test_the_checkpoint_that_led_to_nan_is_set_aside_and_the_advice_can_be_followed,
+    'reader-racing-rotation': test_a_reader_racing_rotation_reads_the_new_checkpoint,
+    'losses-file-other-file': test_losses_file_never_overwrites_other_files,
+    'eval-batch-size-changed': test_eval_batch_size_can_be_changed_at_evaluation,
+    'resume-other-width': test_a_resume_with_other_settings_names_them,
+    'resume-other-batch': test_a_resume_with_other_settings_names_them,
+    'resume-other-optimizer': test_a_resume_with_other_settings_names_them,
+    'config-history': test_a_resume_with_other_flags_keeps_the_config_history,
+    'load-dir-unused': test_load_dir_on_a_resuming_workdir_is_said_to_be_unused,
+    'preemption-sighup': test_sighup_is_a_preemption,
+    'ckpt-disk-full': test_a_full_disk_is_one_line,
+}
+
+
+def test_doc_table_lists_every_case():
+  import doc_tables
+  rows = doc_tables.rows('### Checkpoints and the workdir')
+  assert sorted(rows) == sorted(CASES)
+  for fragment in ('fail their checksums', 'is in use by brt-train pid', 'already exists and is not a losses file',
+                   'ModelConfig.d_model was 32, now 48', 'DataConfig.batch_size was 2, now 4',
+                   "TrainConfig.optimizer was 'adafactor', now 'adamw'", 'led to non-finite steps: moved to'):
+    assert any(fragment in row for row in rows.values()), fragment
+
