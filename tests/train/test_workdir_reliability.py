@@ -171,10 +171,15 @@ def test_losses_file_never_overwrites_other_files(run, capsys):
   assert (run / 'config.gin').read_text() == config
 
 
-def test_eval_batch_size_can_be_changed_at_evaluation(run, capsys):
+def test_eval_batch_size_can_be_changed_at_evaluation(run, tmp_path, capsys):
+  texts = tmp_path / 'texts'
+  texts.mkdir()
+  for i, n in enumerate((90, 130)):  # two short documents of 3 and 5 segments (fewer than 3: every split)
+    (texts / f'{i}.txt').write_text(('A short document. ' * 10)[:n] + '\n')
   scores = []
   for extra in ([], ['--gin_param=configs.DataConfig.eval_batch_size = 4']):
-    assert eval_main([f'--workdir={run}', '--split=test', *extra]) == 0
+    assert eval_main([f'--workdir={run}', '--task=text_folder_bytes', f'--data_dir={texts}', '--split=test',
+                      *extra]) == 0
     out = capsys.readouterr().out
     scores.append(float(out.split('bits per byte:')[1].split()[0]))
   assert abs(scores[0] - scores[1]) < 1e-4 * scores[0]  # the same documents, scored one lane at a time
@@ -233,16 +238,15 @@ def test_a_full_disk_is_one_line(tmp_path):
   """A real failed write: brt-train in a child process whose files may not grow past 150 kB (RLIMIT_FSIZE,
   so the kernel fails the checkpoint's array writes with EFBIG, as a full disk fails them with ENOSPC).
   Orbax reports the failure from its threads and callbacks too (hundreds of lines before): one line now."""
-  import resource
-
-  def small_files():
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
-
-  argv = [sys.executable, '-m', 'block_recurrent.main', *TINY, *[f'--gin_param={p}' for p in FAST],
-          f'--workdir={tmp_path}/run']
+  # The limit is set inside the child (no preexec_fn: forking a process that runs JAX threads can deadlock).
+  limited = ('import resource, runpy, signal, sys\n'
+             'signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n'
+             'resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))\n'
+             "sys.argv = ['brt-train'] + sys.argv[1:]\n"
+             "runpy.run_module('block_recurrent.main', run_name='__main__')\n")
+  argv = [sys.executable, '-c', limited, *TINY, *[f'--gin_param={p}' for p in FAST], f'--workdir={tmp_path}/run']
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', TF_CPP_MIN_LOG_LEVEL='3')
-  run = subprocess.run(argv, preexec_fn=small_files, capture_output=True, text=True, env=env, timeout=600)
+  run = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
   err = [line for line in run.stderr.splitlines() if not line.startswith(('I0000', 'E0000', 'W0000', 'WARNING: All'))]
   assert run.returncode == 2 and len(err) == 1, run.stderr[-3000:]
   assert err[0].startswith(f'brt-train: error: cannot write checkpoints to {tmp_path}/run/checkpoints: File too large: '
