@@ -77,6 +77,8 @@ def evaluate_workdir(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfi
                      echo=print) -> dict:
   """brt-eval: the newest (or `step`) checkpoint of workdir scored on a whole split of data_cfg.task;
   losses_file gets one line per token: doc_id, position, token id, loss in bits."""
+  if losses_file:
+    _check_losses_file(losses_file)  # before anything is restored or read
   s, step, state = restore_workdir(model_cfg, data_cfg, train_cfg, mesh_cfg, workdir, step)
   docs = tasks.documents(data_cfg.task, split, data_dir=data_cfg.data_dir, spm_path=data_cfg.spm_path,
                          process_index=jax.process_index(), process_count=jax.process_count())
@@ -85,7 +87,6 @@ def evaluate_workdir(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfi
   echo(f'scoring {len(docs)} {split} documents of {data_cfg.task} with {workdir}/checkpoints/{step}')
   out = None
   if losses_file:
-    _check_losses_file(losses_file)
     try:
       out = open(losses_file, 'w')  # pylint: disable=consider-using-with
     except OSError as e:

@@ -87,7 +87,7 @@ def test_paper_adafactor_equals_optax_on_each_reference_tensor(variant, kv_heads
     ref_params = optax.apply_updates(ref_params, ref_updates)
 
   # the reference's [128, 128] kernels are factored: no full second moment is kept for our qkv stack
-  qkv_v = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(state.v)[0]
+  qkv_v = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(state[1].v)[0]  # state[0]: the global-norm clip's (empty)
            if sharding.param_name(path) in ('qkv', 'q')]
   assert qkv_v and all(v.size == 1 for v in qkv_v)
 
@@ -96,8 +96,10 @@ def test_adamw_is_untouched_and_adafactor_state_shards_like_its_parameters():
   cfg = helpers.config('rec_fixed_skip', **WIDE)
   params = nnx.state(brt.build_model(config=cfg, seed=0), nnx.Param)
   adamw = optim.optimizer(configs.TrainConfig(optimizer='adamw', learning_rate=1e-3, warmup_steps=1))
-  assert type(adamw.init(params)) is type(optax.adamw(1e-3).init(params))
-  state = optim.optimizer(configs.TrainConfig()).init(params)
+  # state[0] is the global-norm clip's, always chained (at an infinite norm when grad_clip = 0): empty
+  assert adamw.init(params)[0] == optax.EmptyState()
+  assert type(adamw.init(params)[1]) is type(optax.adamw(1e-3).init(params))
+  state = optim.optimizer(configs.TrainConfig()).init(params)[1]
   mesh = sharding.make_mesh(fsdp=2, model=4, data=1)
   shardings = sharding.like_params(mesh, state, params, sharding.param_shardings(mesh, params))
   qkv = [s for path, s in jax.tree_util.tree_flatten_with_path(shardings.momentum)[0]

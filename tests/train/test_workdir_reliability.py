@@ -93,9 +93,15 @@ def test_flipped_bytes_are_detected_set_aside_and_the_run_ends_as_uninterrupted(
   assert _equal(_params(run, 2), _params(trained, 2))  # resumed from 1, re-ran step 2: the same parameters
 
 
-def test_a_reader_falls_back_without_moving_anything(run, capsys, caplog):
+def _texts(folder):
+  folder.mkdir()
+  (folder / 'a.txt').write_text('A short document.\n')
+  return folder
+
+
+def test_a_reader_falls_back_without_moving_anything(run, tmp_path, capsys, caplog):
   _flip_bytes(run / 'checkpoints' / '2')
-  assert eval_main([f'--workdir={run}', '--gin_param=configs.TrainConfig.eval_segments = 1']) == 0
+  assert eval_main([f'--workdir={run}', '--task=text_folder_bytes', f'--data_dir={_texts(tmp_path / "texts")}']) == 0
   assert 'checkpoints/1' in capsys.readouterr().out
   assert any('fail their checksums' in r.getMessage() for r in caplog.records)
   assert sorted(os.listdir(run / 'checkpoints')) == ['1', '2'] and not (run / 'checkpoints_set_aside').exists()
@@ -121,6 +127,19 @@ def test_missing_state_metadata_falls_back_instead_of_blaming_the_config(run, ca
   assert _train(run) == 0
   assert 'resumed from' in capsys.readouterr().out
   assert os.listdir(run / 'checkpoints_set_aside')[0].startswith('2.unreadable.')
+
+
+def test_a_missing_manifest_is_a_quiet_fall_back(run, tmp_path, capsys, caplog):
+  """The OCDBT manifest of the newest checkpoint deleted: a reader falls back to the previous checkpoint
+  with one warning, and nothing else reaches stderr (TensorStore's failing callbacks used to print pages)."""
+  os.remove(run / 'checkpoints' / '2' / 'state' / 'manifest.ocdbt')
+  texts = _texts(tmp_path / 'texts')
+  capsys.readouterr()
+  assert eval_main([f'--workdir={run}', '--task=text_folder_bytes', f'--data_dir={texts}']) == 0
+  out, err = capsys.readouterr()
+  assert 'checkpoints/1' in out and not err, err
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING' and 'restored' in r.getMessage()]
+  assert len(warnings) == 1 and '/checkpoints/2 is incomplete, corrupted or unreadable' in warnings[0], warnings
 
 
 def test_a_second_trainer_is_refused_and_a_dead_ones_lock_is_taken_over(run, capsys):
@@ -258,6 +277,7 @@ CASES = {  # docs/reliability.md, "Checkpoints and the workdir": the case ids an
     'ckpt-flipped-bytes-reader': test_a_reader_falls_back_without_moving_anything,
     'ckpt-unreadable-newest-rerun': test_an_unreadable_newest_checkpoint_lets_the_run_finish,
     'ckpt-missing-state-metadata': test_missing_state_metadata_falls_back_instead_of_blaming_the_config,
+    'ckpt-missing-manifest': test_a_missing_manifest_is_a_quiet_fall_back,
     'workdir-second-trainer': test_a_second_trainer_is_refused_and_a_dead_ones_lock_is_taken_over,
     'nonfinite-diverged-checkpoint': test_the_checkpoint_that_led_to_nan_is_set_aside_and_the_advice_can_be_followed,
     'reader-racing-rotation': test_a_reader_racing_rotation_reads_the_new_checkpoint,
