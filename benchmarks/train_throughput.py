@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from block_recurrent import configs, flops, ginconf
-from block_recurrent.train import loop, optim, step as step_lib
+from block_recurrent import configs, flops, ginconf, peak as peak_lib
+from block_recurrent.train import optim, step as step_lib
 from flax import nnx
 
 SMALL = {  # name: (gin file, the paper's step time relative to Slide:13L where it reports one)
@@ -121,7 +121,7 @@ def main():
 
   times, peaks = {name: [] for name in names}, []
   for _ in range(args.rounds):
-    peaks.append(loop.matmul_peak_flops())  # the MFU denominator, re-measured beside every round
+    peaks.append(peak_lib.measure_cpu(repeats=5))  # the MFU denominator, re-measured beside every round
     for name, run in runners.items():
       t0 = time.perf_counter()
       run(args.steps)

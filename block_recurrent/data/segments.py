@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import struct
-import zlib
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -93,19 +90,6 @@ class Document:
   def identity(self) -> list:
     """[name, bytes]: what a cursor records of each lane's document, to name it if the source changed."""
     return [self.name, self._size]
-
-
-def fingerprint(documents: Sequence[Document]) -> dict[str, Any]:
-  """What a cursor is valid for: the number of documents, their names in order and their tokens.
-
-  A renamed, added, removed, reordered or edited document changes it. It reads every document, so take
-  it of a list; a CRC of each document's tokens (~4 GB/s) keeps it cheap next to reading them.
-  """
-  names, contents = hashlib.sha256(), hashlib.sha256()
-  for document in documents:
-    names.update((document.name or '').encode('utf-8', 'backslashreplace') + b'\0')
-    contents.update(struct.pack('<qI', len(document), zlib.crc32(np.ascontiguousarray(document.tokens))))
-  return {'documents': len(documents), 'names': names.hexdigest()[:16], 'contents': contents.hexdigest()[:16]}
 
 
 def _describe(document_id: int, then: Sequence, now: Document | None) -> str:

@@ -34,8 +34,11 @@ INTEGRITY_VERSION = 1
 class CheckpointMismatch(ConfigError):
   """A readable checkpoint whose arrays differ from what the config builds (another model, batch, optimiser)."""
 
-  def __init__(self, location: str, detail: str):
-    super().__init__(f'checkpoint {location} does not fit this config ({detail}): use a new --workdir or the '
+  def __init__(self, location: str, detail: str, changed: str = ''):
+    """changed: the settings that differ from the workdir's config.gin, when they are known."""
+    super().__init__(f'checkpoint {location} does not fit this config: {changed} ({detail}): use the settings it '
+                     'was saved with, or a new --workdir' if changed else
+                     f'checkpoint {location} does not fit this config ({detail}): use a new --workdir or the '
                      'config it was trained with')
     self.location, self.detail = location, detail
 
@@ -141,6 +144,11 @@ class Checkpointer:
       multihost_utils.sync_global_devices(f'set aside checkpoint {step}')
     self.manager.reload()
     return target
+
+  def set_aside_from(self, first: int, why: str) -> list[tuple[int, epath.Path]]:
+    """Moves aside every checkpoint of step >= first (after the saves in flight); returns (step, new place)."""
+    self.manager.wait_until_finished()
+    return [(step, self.set_aside(step, why)) for step in self.steps() if step >= first]
 
   def restore(self, abstract_state, step: int | None = None, *, before: int | None = None):
     """(step, state, cursor) of the newest sound checkpoint (or `step`; or the newest below `before`), or

@@ -44,17 +44,6 @@ def _mfu_peak(workdir, train_cfg: configs.TrainConfig, echo) -> float:
   return value
 
 
-def matmul_peak_flops() -> float:
-  """FLOP/s of a large float32 matmul on this device: the peak MFU is stated against."""
-  a = jnp.ones((2048, 2048), jnp.float32)
-  f = jax.jit(lambda a: a @ a)
-  f(a).block_until_ready()
-  t0 = time.perf_counter()
-  for _ in range(5):
-    f(a).block_until_ready()
-  return 5 * 2 * 2048 ** 3 / (time.perf_counter() - t0)
-
-
 def _batch_arrays(batch: segments.Batch) -> dict:
   return {'inputs': batch.inputs, 'targets': batch.targets, 'mask': batch.mask,
           'start': batch.start_of_sequence, 'num_bytes': batch.num_bytes.astype(np.int32)}
@@ -220,7 +209,7 @@ def _train(s: Setup, model_cfg, data_cfg, train_cfg, workdir, load_dir, reset_op
   # --- restore --------------------------------------------------------------------------------------
   checkpointer = ckpt_lib.Checkpointer(workdir / 'checkpoints', keep=train_cfg.keep_checkpoints,
                                        every=train_cfg.checkpoint_every)
-  restored = _restore(checkpointer, s.target, workdir, (model_cfg, data_cfg, train_cfg))
+  restored = workdir_lib.restore(checkpointer, s.target, workdir, (model_cfg, data_cfg, train_cfg))
   first_step, cursor = 0, None
   if restored is not None:
     first_step, state, cursor = restored
@@ -304,7 +293,12 @@ def _train(s: Setup, model_cfg, data_cfg, train_cfg, workdir, load_dir, reset_op
         sums, t_log, timed_tokens = {}, time.perf_counter(), 0.0
       if skips_in_row >= train_cfg.max_consecutive_skips:
         first_bad = done - skips_in_row + 1
-        back = _set_aside_diverged(checkpointer, first_bad, echo)
+        # The checkpoint of step first_bad - 1 produced the first non-finite step (a finite update can push the
+        # parameters far enough): it and any newer one are moved aside, so that a rerun or a rollback resumes
+        # from the newest good one and the steps after it can be saved again.
+        for bad, moved in checkpointer.set_aside_from(first_bad - 1, 'diverged'):
+          echo(f'checkpoint {checkpointer.directory}/{bad} led to non-finite steps: moved to {moved}')
+        back = max(checkpointer.steps(), default=None)
         if rollbacks_left and back is not None:
           rollbacks_left -= 1
           back, state, _ = checkpointer.restore(s.target, back)  # the data cursor stays: the batches since are skipped
@@ -384,37 +378,6 @@ class _TrainClock:
       yield
     finally:
       self._paused += time.perf_counter() - t
-
-
-def _set_aside_diverged(checkpointer, first_bad: int, echo) -> int | None:
-  """After non-finite steps from first_bad on, the newest checkpoint that is still good, or None. The
-  checkpoint of step first_bad - 1 is what produced the first non-finite step (a finite update can push the
-  parameters far enough), so it and any newer one are moved aside: a rerun or a rollback then resumes from
-  the good one, and the steps after it can be saved again."""
-  checkpointer.wait()
-  suspect = [step for step in checkpointer.steps() if step >= first_bad - 1]
-  for step in suspect:
-    target = checkpointer.set_aside(step, 'diverged')
-    echo(f'checkpoint {checkpointer.directory}/{step} led to non-finite steps: moved to {target}')
-  good = checkpointer.steps()
-  return good[-1] if good else None
-
-
-def _restore(checkpointer, target, workdir, cfgs):
-  """The newest sound checkpoint; a mismatch names the settings that differ from the run's config.gin."""
-  try:
-    return checkpointer.restore(target)
-  except ckpt_lib.CheckpointMismatch as e:
-    raise mismatch_error(e, workdir, cfgs) from None
-
-
-def mismatch_error(e: ckpt_lib.CheckpointMismatch, workdir, cfgs) -> configs.ConfigError:
-  saved = workdir / 'config.gin'
-  changed = workdir_lib.settings_diff(saved.read_text(), *cfgs) if saved.exists() else ''
-  if not changed:
-    return e
-  return configs.ConfigError(f'checkpoint {e.location} does not fit this config: {changed} ({e.detail}): use the '
-                             'settings it was saved with, or a new --workdir')
 
 
 def _load_parameters(s: Setup, state, load_dir: str, reset_optimizer: bool, echo):

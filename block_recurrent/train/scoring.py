@@ -10,7 +10,7 @@ import jax
 from block_recurrent import configs
 from block_recurrent.data import tasks
 from block_recurrent.train import checkpoint as ckpt_lib, workdir as workdir_lib
-from block_recurrent.train.loop import LN2, eval_program, evaluate, mismatch_error, setup
+from block_recurrent.train.loop import LN2, eval_program, evaluate, setup
 
 
 def restore_workdir(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig,
@@ -32,9 +32,9 @@ def restore_workdir(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig
   s = setup(model_cfg, dataclasses.replace(data_cfg, batch_size=saved_batch), train_cfg, mesh_cfg)
   checkpointer = ckpt_lib.Checkpointer(directory, keep=1000, every=1, create=False)
   try:
-    restored = checkpointer.restore(s_saved.target, step)
-  except ckpt_lib.CheckpointMismatch as e:
-    raise mismatch_error(e, ckpt_lib.path(workdir), (model_cfg, data_cfg)) from None
+    restored = workdir_lib.restore(checkpointer, s_saved.target, ckpt_lib.path(workdir), (model_cfg, data_cfg), step)
+  except ckpt_lib.CheckpointMismatch:
+    raise
   except configs.ConfigError as e:
     live = workdir_lib.holder(ckpt_lib.path(workdir))
     if not live:

@@ -16,6 +16,7 @@ import socket
 import time
 
 from block_recurrent import configs
+from block_recurrent.train import checkpoint as ckpt_lib
 
 LOCK_NAME = '.lock'
 
@@ -83,6 +84,19 @@ def holder(workdir) -> str:
             if info else 'another brt-train process')
   finally:
     os.close(fd)
+
+
+def restore(checkpointer, target, workdir, cfgs, step: int | None = None):
+  """checkpointer.restore(target, step); a checkpoint of another config names the settings (of the config
+  objects cfgs) that differ from the workdir's config.gin."""
+  try:
+    return checkpointer.restore(target, step)
+  except ckpt_lib.CheckpointMismatch as e:
+    saved = workdir / 'config.gin'
+    changed = settings_diff(saved.read_text(), *cfgs) if saved.exists() else ''
+    if not changed:
+      raise
+    raise ckpt_lib.CheckpointMismatch(e.location, e.detail, changed) from None
 
 
 # --- configs --------------------------------------------------------------------------------------------------

@@ -321,11 +321,11 @@ def test_fingerprint_sees_a_rename_an_edit_and_the_order():
   def docs(*pairs):
     return [segments.Document(tokens=np.array(t, np.int32), num_bytes=np.ones(len(t), np.int32), doc_id=i, name=n)
             for i, (n, t) in enumerate(pairs)]
-  base = segments.fingerprint(docs(('a', [5, 6]), ('b', [7])))
-  assert base == segments.fingerprint(docs(('a', [5, 6]), ('b', [7])))
-  renamed = segments.fingerprint(docs(('a', [5, 6]), ('c', [7])))
-  edited = segments.fingerprint(docs(('a', [5, 8]), ('b', [7])))
-  reordered = segments.fingerprint(docs(('b', [7]), ('a', [5, 6])))
+  base = stream.fingerprint(docs(('a', [5, 6]), ('b', [7])))
+  assert base == stream.fingerprint(docs(('a', [5, 6]), ('b', [7])))
+  renamed = stream.fingerprint(docs(('a', [5, 6]), ('c', [7])))
+  edited = stream.fingerprint(docs(('a', [5, 8]), ('b', [7])))
+  reordered = stream.fingerprint(docs(('b', [7]), ('a', [5, 6])))
   assert renamed['names'] != base['names'] and renamed['contents'] == base['contents']
   assert edited['names'] == base['names'] and edited['contents'] != base['contents']
   assert reordered['names'] != base['names'] and reordered['contents'] != base['contents']
