@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # `block_recurrent` from a checkout
 
-from block_recurrent import plots  # noqa: E402  pylint: disable=wrong-import-position
+from block_recurrent.diagnostics import plots  # noqa: E402  pylint: disable=wrong-import-position
 
 RESULTS = pathlib.Path('results')
 

@@ -37,7 +37,8 @@ def _gin(experiment: str) -> str:
 def _compile(queue, experiment, topology, step, batch):
   import os
   os.chdir(ROOT)
-  from block_recurrent import aot, configs, ginconf
+  from block_recurrent.train import aot
+  from block_recurrent import configs, ginconf
   params = [f'configs.DataConfig.batch_size = {batch}'] if batch else []
   try:
     ginconf.parse([_gin(experiment), TASK], params)

@@ -1,6 +1,6 @@
 """block-recurrent: the Block-Recurrent Transformer and its baselines in JAX/Flax NNX.
 
-The names below load on first use, so that `python -m block_recurrent.main` (brt-train) can install its
+The names below load on first use, so that `python -m block_recurrent.cli.train` (brt-train) can install its
 preemption handlers and check its flags before jax and TensorFlow are imported.
 
 Importing the package first chooses the JAX platforms (block_recurrent/platforms.py): with libtpu

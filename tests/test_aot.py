@@ -4,14 +4,16 @@ the devices, and a batch that does not split or a model that cannot fit is one l
 
 import pytest
 
-from block_recurrent import aot, platforms
+from block_recurrent.cli import compile as compile_cli
+from block_recurrent.train import aot
+from block_recurrent import platforms
 
 TINY = ['--gin_file=gin/experiments/tiny/rec_fixed_skip.gin', '--gin_file=gin/task/pg_mini_bytes.gin']
 
 
 def _compile(capsys, *args):
   capsys.readouterr()
-  code = aot.main([*TINY, *args])
+  code = compile_cli.main([*TINY, *args])
   out, err = capsys.readouterr()
   return code, out.splitlines(), err.strip().splitlines()
 

@@ -13,9 +13,13 @@ import pytest
 import doc_tables
 from helpers import MESH
 
-from block_recurrent import configs, info
-from block_recurrent.data import tasks, vocab
-from block_recurrent.main import eval_main, generate_main, main as train_main
+from block_recurrent import configs
+from block_recurrent.cli import info
+from block_recurrent.data import tasks
+from block_recurrent.cli.eval import main as eval_main
+from block_recurrent.cli.generate import main as generate_main
+from block_recurrent.cli.train import main as train_main
+from block_recurrent.cli import vocab as vocab_cli
 
 # Orbax leaves the reads of a truncated checkpoint's arrays as coroutines that are collected later.
 pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
@@ -23,7 +27,7 @@ pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptio
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DOC = REPO / 'docs' / 'reliability.md'
 PROGRAMS = {'brt-train': train_main, 'brt-eval': eval_main, 'brt-generate': generate_main, 'brt-info': info.main,
-            'brt-vocab': vocab.main}
+            'brt-vocab': vocab_cli.main}
 TINY = ['--gin_file=gin/experiments/tiny/rec_fixed_skip.gin', '--gin_file=gin/task/pg_mini_bytes.gin']
 FAST = ['configs.TrainConfig.num_steps = 2', 'configs.TrainConfig.checkpoint_every = 1',
         'configs.TrainConfig.log_every = 1', 'configs.TrainConfig.eval_segments = 1',

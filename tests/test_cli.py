@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from block_recurrent import configs, info
-from block_recurrent.data import vocab
-from block_recurrent.main import main as train_main
+from block_recurrent import configs
+from block_recurrent.cli import info
+from block_recurrent.cli.train import main as train_main
+from block_recurrent.cli import vocab as vocab_cli
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -21,7 +22,7 @@ def test_debug_raises_with_the_traceback(tmp_path, monkeypatch, capsys):
   with pytest.raises(configs.ConfigError, match='not found'):
     train_main(argv + ['--debug'])
   with pytest.raises(configs.ConfigError, match="--task 'wiki' is not a corpus"):
-    vocab.main(['--task=wiki', f'--output={tmp_path}/v', '--debug'])
+    vocab_cli.main(['--task=wiki', f'--output={tmp_path}/v', '--debug'])
 
   def boom(*args, **kwargs):
     raise RuntimeError('something broke\nsecond line of detail')
@@ -44,11 +45,11 @@ def test_debug_raises_with_the_traceback(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize('entry, argv', [
-    ('block_recurrent.main:run', ['--gin_file=nope.gin', '--workdir=w']),
-    ('block_recurrent.main:run_eval', ['--workdir=nowhere']),
-    ('block_recurrent.main:run_generate', ['--workdir=nowhere']),
-    ('block_recurrent.info:run', ['--gin_file=nope.gin']),
-    ('block_recurrent.data.vocab:run', ['--task=wiki', '--output=v']),
+    ('block_recurrent.cli.train:run', ['--gin_file=nope.gin', '--workdir=w']),
+    ('block_recurrent.cli.eval:run', ['--workdir=nowhere']),
+    ('block_recurrent.cli.generate:run', ['--workdir=nowhere']),
+    ('block_recurrent.cli.info:run', ['--gin_file=nope.gin']),
+    ('block_recurrent.cli.vocab:run', ['--task=wiki', '--output=v']),
 ])
 def test_console_entry_points_exit_2_with_one_line(entry, argv, tmp_path, monkeypatch, capsys):
   """What setup.py's console scripts call: sys.exit(2) after one stderr line."""

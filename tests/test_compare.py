@@ -3,7 +3,7 @@ experiments reading different data are refused with one line."""
 
 import json
 
-from block_recurrent import compare
+from block_recurrent.cli import compare
 from helpers import MESH_ARGS
 
 TINY = ['gin/experiments/tiny/slide.gin', 'gin/experiments/tiny/rec_fixed_skip.gin']

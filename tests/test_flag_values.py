@@ -13,14 +13,18 @@ import pytest
 
 from helpers import MESH
 
-from block_recurrent import configs, distributed, info
-from block_recurrent.data import vocab
-from block_recurrent.main import _check_sampling, _check_top_k, eval_main, generate_main, main as train_main
+from block_recurrent import configs
+from block_recurrent.train import distributed
+from block_recurrent.cli import info
+from block_recurrent.cli.generate import _check_sampling, _check_top_k, main as generate_main
+from block_recurrent.cli.eval import main as eval_main
+from block_recurrent.cli.train import main as train_main
 from block_recurrent.train import loop, scoring
+from block_recurrent.cli import vocab as vocab_cli
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PROGRAMS = {'brt-train': train_main, 'brt-eval': eval_main, 'brt-generate': generate_main, 'brt-info': info.main,
-            'brt-vocab': vocab.main}
+            'brt-vocab': vocab_cli.main}
 TINY = ['--gin_file=gin/experiments/tiny/rec_fixed_skip.gin', '--gin_file=gin/task/pg_mini_bytes.gin']
 ONE_STEP = ['configs.TrainConfig.num_steps = 1', 'configs.TrainConfig.eval_segments = 1',
             'configs.DataConfig.batch_size = 2', *MESH]

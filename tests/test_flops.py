@@ -8,7 +8,8 @@ import pytest
 from flax import nnx
 
 import block_recurrent as brt
-from block_recurrent import flops, info
+from block_recurrent import flops
+from block_recurrent.cli import info
 import helpers
 
 # Non-embedding parameter counts of brt.md (exact where the reference gives them, else to 0.1M).

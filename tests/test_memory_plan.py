@@ -4,17 +4,18 @@ import jax
 import numpy as np
 from flax import nnx
 
-from block_recurrent import configs, memory
-from block_recurrent.info import main as brt_info
+from block_recurrent import configs
+from block_recurrent.train import memory_plan
+from block_recurrent.cli.info import main as brt_info
 import helpers
 
 
 def test_plan_divides_what_the_rules_shard():
   cfg = helpers.config('rec_fixed_skip', num_heads=4, head_dim=8, mlp_dim=64)
   train = configs.TrainConfig(optimizer='adamw')
-  dp = memory.plan(cfg, train, 8, configs.MeshConfig(data=-1), 8)
-  fsdp = memory.plan(cfg, train, 8, configs.MeshConfig(data=1, fsdp=-1), 8)
-  both = memory.plan(cfg, train, 8, configs.MeshConfig(data=1, fsdp=2, model=4), 8)
+  dp = memory_plan.plan(cfg, train, 8, configs.MeshConfig(data=-1), 8)
+  fsdp = memory_plan.plan(cfg, train, 8, configs.MeshConfig(data=1, fsdp=-1), 8)
+  both = memory_plan.plan(cfg, train, 8, configs.MeshConfig(data=1, fsdp=2, model=4), 8)
   n_params = sum(x.size for x in jax.tree.leaves(nnx.state(helpers.brt.abstract_model(cfg), nnx.Param)))
   assert dp.params == dp.params_total == 4 * n_params  # replicated float32
   assert dp.opt_state == dp.opt_state_total and dp.opt_state >= 2 * dp.params  # Adam's two moments

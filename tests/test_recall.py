@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from block_recurrent import recall
+from block_recurrent.diagnostics import recall
 
 
 @pytest.mark.parametrize('gap', [3, 4, 9, 100])

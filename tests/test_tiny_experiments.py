@@ -11,7 +11,9 @@ import pytest
 
 from helpers import MESH
 
-from block_recurrent.main import eval_main as brt_eval, generate_main as brt_generate, main as brt_train
+from block_recurrent.cli.eval import main as brt_eval
+from block_recurrent.cli.generate import main as brt_generate
+from block_recurrent.cli.train import main as brt_train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXPERIMENTS = sorted(p.name for p in (ROOT / 'gin/experiments/tiny').glob('*.gin'))

@@ -1,5 +1,5 @@
 """`python -m block_recurrent.train ...` is brt-train."""
 
-from block_recurrent.main import run
+from block_recurrent.cli.train import run
 
 run()

@@ -1,7 +1,7 @@
 """Fault injection: brt-train interrupted by signals at seeded random moments, resumed each time.
 
 Used by tests/train/test_faults.py (5 SIGKILLs, 5 SIGTERMs) and benchmarks/soak.py (50 kills). Each launch
-is a real `python -m block_recurrent.main` process. A moment is "d seconds after the process logged step
+is a real `python -m block_recurrent.cli.train` process. A moment is "d seconds after the process logged step
 k" (k and d drawn from a seeded generator over the steps still to run), so interruptions land during
 steps, asynchronous checkpoint writes and evaluations alike; a few land before training starts. After
 every interruption each checkpoint Orbax lists must restore completely.
@@ -36,7 +36,7 @@ class Interruption:
 
 
 def command(args: list[str]) -> list[str]:
-  return [sys.executable, '-m', 'block_recurrent.main', *args]
+  return [sys.executable, '-m', 'block_recurrent.cli.train', *args]
 
 
 def environment(cache_dir: str | None = None) -> dict:

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from block_recurrent import configs, distributed, flops, peak as peak_lib, sharding
+from block_recurrent import configs, flops, peak as peak_lib, sharding
+from block_recurrent.train import distributed
 from block_recurrent.data import segments, tasks
 from block_recurrent.model import linear_lm
 from block_recurrent.train import checkpoint as ckpt_lib, optim, preemption, step as step_lib, stream, summaries

@@ -19,7 +19,8 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from block_recurrent import configs, distributed
+from block_recurrent import configs
+from block_recurrent.train import distributed
 from block_recurrent.data import segments, tasks
 
 

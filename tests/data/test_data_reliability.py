@@ -20,7 +20,7 @@ from helpers import MESH
 
 from block_recurrent import configs
 from block_recurrent.data import segments
-from block_recurrent.main import main as train_main
+from block_recurrent.cli.train import main as train_main
 from block_recurrent.train import stream
 
 # Orbax leaves the reads of a checkpoint's arrays as coroutines that are collected later.

@@ -11,6 +11,7 @@ import sentencepiece as spm
 
 from block_recurrent import ConfigError
 from block_recurrent.data import corpus, tasks, vocab
+from block_recurrent.cli import vocab as vocab_cli
 
 PG_MINI = corpus.pg_mini_dir()
 
@@ -41,7 +42,7 @@ def test_sentencepiece_round_trip_is_exact_on_the_test_novels():
 
 def test_brt_vocab_trains_8k_in_seconds(tmp_path):
   t0 = time.time()
-  assert vocab.main([f'--output={tmp_path}/v8k', '--vocab_size=8000', '--task=pg_mini_tokens']) == 0
+  assert vocab_cli.main([f'--output={tmp_path}/v8k', '--vocab_size=8000', '--task=pg_mini_tokens']) == 0
   assert time.time() - t0 < 60
   sp = spm.SentencePieceProcessor(model_file=f'{tmp_path}/v8k.model')
   assert sp.get_piece_size() == 8000

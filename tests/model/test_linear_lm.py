@@ -92,7 +92,8 @@ def test_gin_files_build_linear_models_and_reject_bad_mixes():
 
 
 def test_brt_train_and_generate_run_a_linear_model_unchanged(tmp_path, capsys):
-  from block_recurrent.main import generate_main, main as train_main
+  from block_recurrent.cli.generate import main as generate_main
+  from block_recurrent.cli.train import main as train_main
   workdir = tmp_path / 'arelit'
   args = ['--gin_file=experiments/tiny/arelit.gin', '--gin_file=task/pg_mini_bytes.gin',
           '--gin_param=configs.TrainConfig.num_steps = 2', '--gin_param=configs.TrainConfig.log_every = 1',

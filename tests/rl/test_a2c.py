@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from block_recurrent.rl import a2c, tmaze
+from block_recurrent.diagnostics.rl import a2c, tmaze
 
 
 def test_lambda_returns_by_hand():
@@ -61,7 +61,7 @@ def test_brt_cell_token_form_is_the_block_form_with_resets_anywhere():
 def test_diagnostic_command_runs_a_curriculum_and_writes_its_table(tmp_path, capsys):
   import json
 
-  from block_recurrent.rl import diagnostic
+  from block_recurrent.diagnostics.rl import diagnostic
 
   out = tmp_path / 'tmaze'
   assert diagnostic.main(['--cores', 'mlp', '--lengths', '6', '--updates', '2', '--curriculum', '3', '6', '9',

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from block_recurrent.rl import tmaze
+from block_recurrent.diagnostics.rl import tmaze
 
 
 def _walk(env, key, actions):

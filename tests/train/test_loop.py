@@ -13,7 +13,9 @@ from flax import nnx
 
 import block_recurrent as brt
 from block_recurrent import configs, sharding
-from block_recurrent.main import eval_main as brt_eval, generate_main as brt_generate, main as brt_train
+from block_recurrent.cli.eval import main as brt_eval
+from block_recurrent.cli.generate import main as brt_generate
+from block_recurrent.cli.train import main as brt_train
 from block_recurrent.train import checkpoint, optim, step as step_lib, summaries
 import helpers
 

@@ -33,7 +33,7 @@ def _env(devices, cache_dir=None):
 
 
 def _start(args, devices, cache_dir=None):
-  return subprocess.Popen([sys.executable, '-m', 'block_recurrent.main', *args], env=_env(devices, cache_dir),
+  return subprocess.Popen([sys.executable, '-m', 'block_recurrent.cli.train', *args], env=_env(devices, cache_dir),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -94,7 +94,7 @@ def test_two_process_checkpoint_resumes_in_one_process_on_another_mesh(runs):
 
 
 def test_incomplete_multiprocess_flags_are_a_clear_error(tmp_path):
-  proc = subprocess.run([sys.executable, '-m', 'block_recurrent.main', *_args(tmp_path, 1), '--num_processes=2'],
+  proc = subprocess.run([sys.executable, '-m', 'block_recurrent.cli.train', *_args(tmp_path, 1), '--num_processes=2'],
                         env=_env(1), capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2
   assert 'needs all of --coordinator_address, --num_processes and --process_id' in proc.stderr

@@ -15,7 +15,8 @@ import pytest
 
 from helpers import MESH
 
-from block_recurrent.main import eval_main, main as train_main
+from block_recurrent.cli.eval import main as eval_main
+from block_recurrent.cli.train import main as train_main
 from block_recurrent.train import checkpoint as ckpt_lib, preemption, workdir as workdir_lib
 
 pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
@@ -165,7 +166,7 @@ def test_a_reader_racing_rotation_reads_the_new_checkpoint(run):
   """A reader lists steps 1 and 2; the live run then saves 3 and rotates 1 and 2 away (keep=1) before the
   reader reads: the reader reads 3, and blames nothing."""
   from block_recurrent import ginconf
-  from block_recurrent.main import _workdir_configs
+  from block_recurrent.cli.common import workdir_configs as _workdir_configs
   from block_recurrent.train import loop
   model_cfg, data_cfg, train_cfg, mesh_cfg = _workdir_configs(str(run), [])
   s = loop.setup(model_cfg, data_cfg, train_cfg, mesh_cfg)
@@ -262,7 +263,7 @@ def test_a_full_disk_is_one_line(tmp_path):
              'signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n'
              'resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))\n'
              "sys.argv = ['brt-train'] + sys.argv[1:]\n"
-             "runpy.run_module('block_recurrent.main', run_name='__main__')\n")
+             "runpy.run_module('block_recurrent.cli.train', run_name='__main__')\n")
   argv = [sys.executable, '-c', limited, *TINY, *[f'--gin_param={p}' for p in FAST], f'--workdir={tmp_path}/run']
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', TF_CPP_MIN_LOG_LEVEL='3')
   run = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)

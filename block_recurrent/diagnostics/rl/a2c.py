@@ -21,7 +21,7 @@ from flax import nnx
 from block_recurrent import configs
 from block_recurrent.model import decode, layers, linear_lm, linear_recurrent as lr
 from block_recurrent.model.lm import LanguageModel
-from block_recurrent.rl import tmaze
+from block_recurrent.diagnostics.rl import tmaze
 
 CORES = ('relit', 'arelit', 'gtrxl', 'brt', 'mlp')
 

@@ -24,7 +24,7 @@ from block_recurrent.configs import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='block_recurrent.demo', description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog='block_recurrent.diagnostics.demo', description=__doc__.splitlines()[0])
   ginconf.add_flags(parser)
   parser.add_argument('--task', default='pg_mini_bytes')
   parser.add_argument('--split', default='train')

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from block_recurrent import api, cli, configs, flops, ginconf
+from block_recurrent import api, configs, flops, ginconf
+from block_recurrent.cli import contract
 
 
 MAX_MEMORY = 2 ** 16  # --layer_costs allocates GTrXL's cache: 512 MiB at this many positions
@@ -24,9 +25,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--devices', type=int, default=0,
                       help='plan per-device memory on this many devices, with the gin MeshConfig (gin/mesh/*.gin)')
   parser.add_argument('--batch_size', type=int, default=0, help='rows for --devices (default: DataConfig.batch_size)')
-  cli.add_debug_flag(parser)
+  contract.add_debug_flag(parser)
   args = parser.parse_args(argv)
-  return cli.guarded('brt-info', args.debug, lambda: _info(args))
+  return contract.guarded('brt-info', args.debug, lambda: _info(args))
 
 
 def _info(args) -> int:
@@ -73,7 +74,7 @@ def _info(args) -> int:
 def _memory_plan(cfg, args) -> int:
   """Per-device bytes of parameters, optimiser state and carry for the bound mesh on --devices."""
   import gin  # pylint: disable=import-outside-toplevel
-  from block_recurrent import memory  # pylint: disable=import-outside-toplevel
+  from block_recurrent.train import memory_plan  # pylint: disable=import-outside-toplevel
   train_cfg, mesh_cfg = ginconf.bound(configs.TrainConfig), ginconf.bound(configs.MeshConfig)
   batch = args.batch_size
   if not batch:
@@ -81,10 +82,10 @@ def _memory_plan(cfg, args) -> int:
       batch = gin.query_parameter('configs.DataConfig.batch_size')
     except ValueError:
       batch = configs.DataConfig.batch_size
-  plan = memory.plan(cfg, train_cfg, batch, mesh_cfg, args.devices)
+  plan = memory_plan.plan(cfg, train_cfg, batch, mesh_cfg, args.devices)
   total = api.count_params(api.abstract_model(cfg))
   print(f'parameters: {total:,} ({train_cfg.optimizer})')
-  print(memory.describe(plan, args.devices, batch))
+  print(memory_plan.describe(plan, args.devices, batch))
   return 0
 
 

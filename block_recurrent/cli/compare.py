@@ -83,7 +83,8 @@ def _curve(workdir: pathlib.Path) -> list[dict]:
 
 
 def run(args) -> int:
-  from block_recurrent import flops, plots  # pylint: disable=import-outside-toplevel
+  from block_recurrent import flops  # pylint: disable=import-outside-toplevel
+  from block_recurrent.diagnostics import plots  # pylint: disable=import-outside-toplevel
   from block_recurrent.api import abstract_model, count_params  # pylint: disable=import-outside-toplevel
   from block_recurrent.train import loop  # pylint: disable=import-outside-toplevel
   experiments = _experiments(args)
@@ -140,7 +141,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-  from block_recurrent import cli  # pylint: disable=import-outside-toplevel
+  from block_recurrent.cli import contract  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(prog='brt-compare', description=__doc__.splitlines()[0])
   parser.add_argument('--gin_file', action='append', default=[], help='one whole experiment; repeat to compare')
   parser.add_argument('--gin_param', action='append', default=[], help='a binding applied to every experiment')
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--eval_every', type=int, default=100)
   parser.add_argument('--eval_tokens', type=int, default=65536, help='validation tokens per evaluation')
   parser.add_argument('--workdir', default='workdirs/compare')
-  cli.add_debug_flag(parser)
+  contract.add_debug_flag(parser)
   args = parser.parse_args(argv)
   if args.steps is None and args.seconds is None:
     args.steps = 400
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
       parser.error(f'--{flag} must be positive')
   if args.seconds is not None and args.seconds <= 0:
     parser.error('--seconds must be positive')
-  return cli.guarded('brt-compare', args.debug, lambda: run(args))
+  return contract.guarded('brt-compare', args.debug, lambda: run(args))
 
 
 def run_cli() -> None:

@@ -1,6 +1,6 @@
 """The T-Maze memory diagnostic: success rate per corridor length for each policy core.
 
-    python -m block_recurrent.rl.diagnostic [--cores mlp relit arelit gtrxl brt] [--lengths 4 8 16]
+    python -m block_recurrent.diagnostics.rl.diagnostic [--cores mlp relit arelit gtrxl brt] [--lengths 4 8 16]
         [--updates 300] [--curriculum 8 16 32 --curriculum_updates 300] [--envs 8 --rollout 64]
         [--memory 32] [--out results/tmaze]
 
@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from block_recurrent import plots
-from block_recurrent.rl import a2c, tmaze
+from block_recurrent.diagnostics import plots
+from block_recurrent.diagnostics.rl import a2c, tmaze
 
 
 def run(core: str, length: int, updates: int, base: a2c.A2CConfig, curriculum: tuple[int, ...] = (),

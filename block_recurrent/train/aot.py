@@ -1,20 +1,9 @@
-"""`brt-compile`: compiles a step ahead of time for a TPU slice (XLA's real TPU compiler, no TPU needed) or
-for this machine, and says whether it fits, before any hardware is booked.
-
-    brt-compile --gin_file=gin/experiments/paper/rec_fixed_skip.gin --gin_file=gin/task/pg19_tokens.gin \
-        --topology=v4-32 [--step=train|eval|generate] [--gin_param=...]
-
-It prints the devices, the mesh, per-device arguments, outputs and temporaries, XLA's FLOPs per step beside
-the analytic count, the compile time, and last `peak per device: X GiB of Y GiB HBM: fits`. A step that does
-not fit is one line, `brt-compile: error: does not fit: ...; try ...`, and exit status 2. Compiling for a
-TPU needs libtpu (`pip install -e '.[tpu]'`); `--topology=local` compiles for this machine's devices.
-Slice names count TensorCores for v4 and v5p (megacore: one JAX device per chip, chips = cores / 2) and
-chips for v5e and v6e, as Cloud TPU names them.
-"""
+"""Ahead-of-time compilation of the train, eval or generate step for a named TPU slice (XLA's real TPU
+compiler through libtpu, no TPU needed) or for this machine's devices, with per-device memory, FLOPs and
+whether it fits; `brt-compile` (block_recurrent/cli/compile.py) prints it."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import re
@@ -140,7 +129,8 @@ def _hints(model_cfg, mesh_cfg, step: str) -> str:
 def compile_step(model_cfg, data_cfg, train_cfg, mesh_cfg, topology: str, step: str = 'train') -> Report:
   """Compiles `step` for the topology; ConfigError (one line) for a configuration that cannot work,
   including one whose arguments alone exceed the device memory or that XLA refuses for lack of it."""
-  from block_recurrent import memory, sharding  # pylint: disable=import-outside-toplevel
+  from block_recurrent.train import memory_plan  # pylint: disable=import-outside-toplevel
+  from block_recurrent import sharding  # pylint: disable=import-outside-toplevel
   from block_recurrent.configs import ConfigError  # pylint: disable=import-outside-toplevel
   from block_recurrent.train import loop  # pylint: disable=import-outside-toplevel
   if step not in STEPS:
@@ -154,7 +144,7 @@ def compile_step(model_cfg, data_cfg, train_cfg, mesh_cfg, topology: str, step: 
                           sharding.mesh_shape(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.model, len(devices))))
     sharding.check_batch(data_cfg.batch_size, mesh_shape)
   if step != 'generate' and hbm is not None:  # what the arguments alone need, before spending a compile
-    plan = memory.plan(model_cfg, train_cfg, data_cfg.batch_size, mesh_cfg, len(devices), data_cfg.eval_batch_size)
+    plan = memory_plan.plan(model_cfg, train_cfg, data_cfg.batch_size, mesh_cfg, len(devices), data_cfg.eval_batch_size)
     if plan.per_device > hbm * GIB:
       raise ConfigError(f'does not fit: peak per device {plan.per_device / GIB:.2f} GiB > {hbm:.2f} GiB HBM on {where} '
                         f'(parameters, optimiser state and carries alone); try {_hints(model_cfg, mesh_cfg, step)}')
@@ -252,37 +242,3 @@ def describe(r: Report, model_cfg) -> list[str]:
       f'compile: {r.compile_seconds:.1f} s',
       f'peak per device: {r.peak / GIB:.2f} GiB of {capacity}: {"fits" if r.fits else "does not fit"}',
   ]
-
-
-def main(argv: list[str] | None = None) -> int:
-  from block_recurrent import cli, configs, ginconf  # pylint: disable=import-outside-toplevel
-  parser = argparse.ArgumentParser(prog='brt-compile', description=__doc__.splitlines()[0])
-  ginconf.add_flags(parser)
-  parser.add_argument('--topology', required=True, help=f'local or a TPU slice: {", ".join(SLICES)}')
-  parser.add_argument('--step', default='train', choices=STEPS, help='which program to compile')
-  cli.add_debug_flag(parser)
-  args = parser.parse_args(argv)
-
-  def body() -> int:
-    ginconf.parse(args.gin_file, args.gin_param)
-    model_cfg, data_cfg = ginconf.bound_model_config(), ginconf.bound_data_config()
-    train_cfg, mesh_cfg = ginconf.bound(configs.TrainConfig), ginconf.bound(configs.MeshConfig)
-    report = compile_step(model_cfg, data_cfg, train_cfg, mesh_cfg, args.topology, args.step)
-    lines = describe(report, model_cfg)
-    for line in lines[:-1]:
-      print(line)
-    if not report.fits:
-      raise configs.ConfigError(f'does not fit: peak per device {report.peak / GIB:.2f} GiB > {report.hbm_gib:.2f} '
-                                f'GiB HBM on {report.topology}; try {_hints(model_cfg, mesh_cfg, args.step)}')
-    print(lines[-1])
-    return 0
-
-  return cli.guarded('brt-compile', args.debug, body)
-
-
-def run() -> None:
-  sys.exit(main())
-
-
-if __name__ == '__main__':
-  run()

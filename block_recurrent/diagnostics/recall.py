@@ -1,6 +1,6 @@
 """Long-range recall: which language model remembers a fact G tokens later, for G up to many windows.
 
-    python -m block_recurrent.recall [--models slide xl rec relit arelit gtrxl] [--steps 1500]
+    python -m block_recurrent.diagnostics.recall [--models slide xl rec relit arelit gtrxl] [--steps 1500]
         [--gaps 8 16 32 64 128 256 512 1024] [--out results/recall]
 
 Synthetic documents over a 64-token vocabulary: random filler tokens, a few facts `key value` stated
@@ -31,7 +31,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from block_recurrent import configs, plots
+from block_recurrent import configs
+from block_recurrent.diagnostics import plots
 from block_recurrent.model import linear_lm
 
 VOCAB = 64
