@@ -21,6 +21,7 @@ from block_recurrent.cli.eval import main as eval_main
 from block_recurrent.cli.train import main as train_main
 from block_recurrent.train import loop, scoring
 from block_recurrent.cli import vocab as vocab_cli
+from block_recurrent.data import vocab
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PROGRAMS = {'brt-train': train_main, 'brt-eval': eval_main, 'brt-generate': generate_main, 'brt-info': info.main,
