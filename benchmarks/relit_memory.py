@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from block_recurrent.model import linear_recurrent as lr
+from block_recurrent.model import linear_recurrent as linrec
 
 FORMS = ('step', 'parallel', 'chunked')  # step: the reference's sequential scan
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--rounds', type=int, default=5)
   args = parser.parse_args(argv)
   d, heads, head_dim, eta = 128, 4, 64, 2
-  layer = lr.ReLiT(d, heads, head_dim, eta, nnx.Rngs(0), gating='separable', chunk=args.chunk)
+  layer = linrec.ReLiT(d, heads, head_dim, eta, nnx.Rngs(0), gating='separable', chunk=args.chunk)
   graphdef, params = nnx.split(layer)
   x = jax.random.normal(jax.random.key(1), (args.batch, args.length, d))
   reset = jnp.zeros((args.batch, args.length), bool).at[:, 0].set(True)

@@ -7,7 +7,7 @@ FLOPs per step: results/tpu_table.{md,json}, whose table docs/tpu.md carries.
 
 Rows: every experiment in gin/experiments/paper/ at 150M, Rec:fixed:skip at 300M, 600M and 1.3B
 (gin/experiments/paper_sizes/), on each topology, as shipped; with --largest_batch, also the largest global
-batch that fits (doubling from the shipped one while it fits). Generate rows: the per-token step of the 150M
+batch that fits (`largest_batch`: a line through two compiles predicts it, compiles on either side prove it). Generate rows: the per-token step of the 150M
 and 1.3B Rec:fixed:skip on one v5e chip. Each compile runs in its own process (XLA's memory is returned).
 """
 
@@ -62,11 +62,44 @@ def compile_in_process(experiment, topology, step='train', batch=0) -> dict:
   return dict(experiment=experiment, topology=topology, step=step, **result)
 
 
+def largest_batch(experiment: str, topology: str, first: dict, record) -> int:
+  """The largest global batch that fits, proved by two compiles: it fits, one step more does not.
+
+  The batch is split over the mesh's batch axes (data x fsdp), so it grows in steps of their product, and
+  per-device peak memory is close to affine in rows per device. A compile at twice the shipped batch gives
+  the line; the batch it predicts and the next step up are compiled, and the search walks a step at a
+  time from there until the boundary is seen. Every compile is recorded (largest_batch_probe)."""
+  step = first['mesh'].get('data', 1) * first['mesh'].get('fsdp', 1)
+  probes = {first['rows']: first}
+
+  def probe(batch: int) -> dict:
+    if batch not in probes:
+      r = compile_in_process(experiment, topology, batch=batch)
+      probes[batch] = r
+      record(dict(r, largest_batch_probe=True))
+    return probes[batch]
+
+  b1, p1 = first['rows'], first['peak_gib']
+  second = probe(2 * b1)
+  if not second['ok']:
+    return b1
+  per_step = max((second['peak_gib'] - p1) / (b1 / step), 1e-6)
+  guess = max(step, b1 + step * int((first['hbm_gib'] - p1) // per_step))
+  while probe(guess)['ok'] and probe(guess)['fits']:
+    guess += step
+  while guess > step and not (probe(guess - step)['ok'] and probe(guess - step)['fits']):
+    guess -= step
+  largest = guess - step
+  record(dict(probes[largest], largest_batch=largest))
+  return largest
+
+
 def _row(r: dict) -> str:
   if not r['ok']:
     return f"| {r['experiment']} | {r['topology']} | {r['step']} | {r['rows']} | - | no: {r['error'][:90]} | - | - |"
   mesh = 'x'.join(str(v) for v in r['mesh'].values())
-  return (f"| {r['experiment']} | {r['topology']} | {r['step']} | {r['rows']} | {r['peak_gib']:.2f} of "
+  name = f"{r['experiment']} (largest batch)" if 'largest_batch' in r else r['experiment']
+  return (f"| {name} | {r['topology']} | {r['step']} | {r['rows']} | {r['peak_gib']:.2f} of "
           f"{r['hbm_gib']:g} GiB | {'yes' if r['fits'] else 'no'} | {r['compile_s']:.0f} s | "
           f"{r['xla_flops']:.3g} ({r['xla_flops'] / r['analytic_flops']:.2f}x analytic), mesh {mesh} |")
 
@@ -101,11 +134,8 @@ def main() -> None:
   for experiment, topology in pairs:
     r = compile_in_process(experiment, topology)
     record(r)
-    batch = r['rows']
-    while args.largest_batch and r['ok'] and r['fits']:
-      batch *= 2
-      r = compile_in_process(experiment, topology, batch=batch)
-      record(dict(r, largest_batch_probe=True))
+    if args.largest_batch and r['ok'] and r['fits']:
+      largest_batch(experiment, topology, r, record)
   for experiment in args.generate:
     record(compile_in_process(experiment, 'v5e-1', 'generate'))
   print(f'wrote {out}.md and {out}.json')

@@ -52,8 +52,8 @@ FULL = {
 def make_runner(cfg: configs.ModelConfig, batch: int):
   """run(steps) runs real train steps (state donated, carry passed on); run.memory() is XLA's plan of the
   step's memory: (argument + output + temporary bytes, temporary bytes)."""
-  from block_recurrent.model import linear_lm  # pylint: disable=import-outside-toplevel
-  model = linear_lm.build(cfg, nnx.Rngs(0))
+  from block_recurrent.model import factory  # pylint: disable=import-outside-toplevel
+  model = factory.build(cfg, nnx.Rngs(0))
   graphdef, params = nnx.split(model)
   train_cfg = configs.TrainConfig()
   tx, schedule = optim.optimizer(train_cfg), optim.schedule(train_cfg)

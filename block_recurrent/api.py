@@ -14,7 +14,7 @@ import jax
 from flax import nnx
 
 from block_recurrent import configs, ginconf
-from block_recurrent.model import linear_lm
+from block_recurrent.model import factory
 from block_recurrent.model.lm import LanguageModel
 
 
@@ -23,12 +23,12 @@ def build_model(gin_files: Sequence[str] = (), gin_params: Sequence[str] = (), s
   """A freshly initialised model; the config comes from gin unless one is given."""
   if config is None:
     config = ginconf.model_config(gin_files, gin_params)
-  return linear_lm.build(config, nnx.Rngs(params=seed))
+  return factory.build(config, nnx.Rngs(params=seed))
 
 
 def abstract_model(config: configs.ModelConfig) -> LanguageModel:
   """The model with ShapeDtypeStructs instead of weights: shapes and counts without any memory."""
-  return nnx.eval_shape(lambda: linear_lm.build(config, nnx.Rngs(params=0)))
+  return nnx.eval_shape(lambda: factory.build(config, nnx.Rngs(params=0)))
 
 
 def count_params(model: LanguageModel) -> int:

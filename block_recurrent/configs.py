@@ -11,6 +11,9 @@ import dataclasses
 import math
 import os
 
+from block_recurrent.errors import ConfigError  # noqa: F401  (re-exported: configs.ConfigError)
+from block_recurrent.errors import check as _check, is_int as _is_int
+
 GATES = ('fixed', 'lstm')
 WIRINGS = ('skip', 'dual', 'single')
 SEQUENCE_LAYERS = ('attention', 'relit', 'arelit', 'gtrxl')
@@ -18,19 +21,6 @@ REMAT_POLICIES = ('none', 'full', 'dots', 'dots_no_batch')
 DTYPES = ('float32', 'bfloat16')
 LOGIT_SCALES = ('sqrt_d', 'sqrt_vocab')
 DOCUMENT_START_KEYS = ('masked', 'zeros')
-
-
-class ConfigError(ValueError):
-  """A configuration or an input that cannot work; the message says what to change."""
-
-
-def _check(ok: bool, message: str) -> None:
-  if not ok:
-    raise ConfigError(message)
-
-
-def _is_int(value) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value) -> bool:
@@ -109,6 +99,11 @@ class ModelConfig:
   remat: str = 'none'
 
   def __post_init__(self):
+    self._check_sizes()
+    self._check_family()
+    self._check_options_and_layers()
+
+  def _check_sizes(self):
     positive = ('vocab_size', 'num_layers', 'd_model', 'num_heads', 'head_dim', 'mlp_dim', 'window',
                 'segment_length', 'num_states', 'relative_buckets', 'relative_max_distance', 'scan_unroll',
                 'attention_sub_blocks')
@@ -146,6 +141,9 @@ class ModelConfig:
     _check(self.segment_length % self.window == 0,
            f'segment_length {self.segment_length} is not a multiple of window {self.window}: '
            'make the segment a whole number of blocks')
+
+  def _check_family(self):
+    """The settings of the sequence layer's family (attention, or the gated relit/arelit/gtrxl)."""
     _check(self.sequence_layer in SEQUENCE_LAYERS, f'unknown sequence_layer {self.sequence_layer!r}: choose one '
            f'of {", ".join(SEQUENCE_LAYERS)}')
     if self.sequence_layer != 'attention':
@@ -172,6 +170,8 @@ class ModelConfig:
              f"GTrXL's sinusoidal positions need an even d_model, got {self.d_model}: use an even d_model")
     else:
       _check(not self.attention_layers, 'attention_layers needs a sequence_layer other than attention')
+
+  def _check_options_and_layers(self):
     _check(self.gate in GATES, f'unknown gate {self.gate!r}: choose one of {", ".join(GATES)}')
     _check(self.wiring in WIRINGS, f'unknown wiring {self.wiring!r}: choose one of {", ".join(WIRINGS)}')
     _check(self.remat in REMAT_POLICIES,

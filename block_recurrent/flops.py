@@ -60,7 +60,7 @@ def _state_forward_flops_per_block(cfg: ModelConfig) -> int:
 
 
 def _linear_forward_flops_per_token(cfg: ModelConfig) -> float:
-  """Matmul FLOPs of a linear model's token (linear_lm.py): projections, recurrence, GRU gates, FFN."""
+  """Matmul FLOPs of a linear model's token (gated_lm.py): projections, recurrence, GRU gates, FFN."""
   d, h, dh, f = cfg.d_model, cfg.num_heads, cfg.head_dim, cfg.mlp_dim
   eta, r, m = cfg.relit_eta, cfg.arelit_rank, cfg.gtrxl_memory
   total = 2 * d * cfg.vocab_size

@@ -25,17 +25,12 @@ from typing import NamedTuple, Sequence
 import gin
 from gin import config_parser
 
-from block_recurrent import configs
+from block_recurrent import configs, errors
 
 GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / 'gin'
 
 
 _BINDINGS_HEADER = 'from __gin__ import dynamic_registration\nfrom block_recurrent import configs'
-
-
-def _one_line(error: Exception) -> str:
-  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-  return ' '.join(lines[:4]) if lines else type(error).__name__
 
 
 def resolve(name: str, included_by: str = '') -> str:
@@ -158,7 +153,7 @@ def _bindings(path: str, ancestors: tuple[str, ...] = ()):
     with open(path, encoding='utf-8') as f:
       statements = _statements(f, path)
   except OSError as e:
-    raise configs.ConfigError(f'cannot read gin file {path}: {e.strerror}') from None
+    raise errors.IOFailure(f'cannot read gin file {path}: {e.strerror}') from None
   except UnicodeDecodeError as e:
     raise configs.ConfigError(f'gin file {path} is not UTF-8 text (byte {e.start}): give a gin text file') from None
   for st in statements:
@@ -242,7 +237,7 @@ def parse(gin_files: Sequence[str] = (), gin_params: Sequence[str] = ()) -> None
   except configs.ConfigError:
     raise
   except Exception as e:  # gin raises several types; surface one line with the file and binding
-    raise configs.ConfigError(f'bad gin configuration: {_one_line(e)}') from None
+    raise configs.ConfigError(f'bad gin configuration: {errors.one_line(e, 4)}') from None
 
 
 def bound_model_config() -> configs.ModelConfig:
@@ -273,7 +268,7 @@ def bound(config_class):
                  for field in sorted((f for f in found if found[f]), key=lambda f: found[f].start())]
     raise configs.ConfigError(message + (f' (set: {"; ".join(mentioned[:3])})' if mentioned else '')) from None
   except Exception as e:  # pylint: disable=broad-except  (gin wraps what the bindings make fail)
-    raise configs.ConfigError(f'bad gin bindings for {name}: {_one_line(e)}') from None
+    raise configs.ConfigError(f'bad gin bindings for {name}: {errors.one_line(e, 4)}') from None
 
 
 _KINDS = {'int': 'an integer', 'float': 'a number', 'str': 'a string', 'bool': 'True or False', 'None': 'None',
@@ -301,6 +296,11 @@ def bound_data_config() -> configs.DataConfig:
   return bound(configs.DataConfig)
 
 
+def bound_configs() -> tuple[configs.ModelConfig, configs.DataConfig, configs.TrainConfig, configs.MeshConfig]:
+  """The four configs of a run (model, data, training, mesh) that the parsed gin bindings describe."""
+  return bound_model_config(), bound_data_config(), bound(configs.TrainConfig), bound(configs.MeshConfig)
+
+
 def model_config(gin_files: Sequence[str] = (), gin_params: Sequence[str] = ()) -> configs.ModelConfig:
   parse(gin_files, gin_params)
   return bound_model_config()
@@ -316,6 +316,6 @@ def config_from_flags(prog: str, args: argparse.Namespace) -> configs.ModelConfi
   """The ModelConfig of the parsed flags, or None after printing one line `prog: error: ...`."""
   try:
     return model_config(args.gin_file, args.gin_param)
-  except configs.ConfigError as e:
+  except errors.BadInput as e:
     print(f'{prog}: error: {e}', file=sys.stderr)
     return None

@@ -52,7 +52,7 @@ PARAM_AXES: dict[tuple[str, int], tuple[str | None, ...]] = {
     ('bias', 1): ('embed',),  # fixed gate
     ('bias', 2): (None, 'embed'),  # LSTM gate
     ('kernel', 3): (None, None, 'embed'),  # LSTM gate
-    # linear_lm.py: ReLiT / AReLiT features, GRU gates, GTrXL attention
+    # gated_lm.py: ReLiT / AReLiT features, GRU gates, GTrXL attention
     ('kqv', 4): ('embed', None, 'heads', 'kv'),
     ('p', 4): ('embed', None, 'heads', None),
     ('out', 3): ('heads', 'kv', 'embed'),

@@ -11,10 +11,14 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_
                            ' --xla_backend_optimization_level=0').strip()
 os.environ.setdefault('NO_GCE_CHECK', 'true')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# tests/train/test_aot.py and tests/cli/test_compile.py both load libtpu to compile for TPU slices, and
+# the two xdist workers may run them at once: libtpu's lockfile would refuse the second process.
+os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 
 import sys
 
 import jax
+import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for `import helpers`
 
@@ -31,9 +35,19 @@ jax.config.update('jax_compilation_cache_dir', _CACHE)
 # pytest_configure). Roughly by their seconds on 2 busy cores (model/test_lm.py ~300, train/test_faults.py
 # ~250, test_sharding.py ~150, ...); the short modules after them fill the gaps in any order.
 _LONG_FIRST = ('model/test_lm.py', 'train/test_faults.py', 'test_tiny_experiments.py', 'test_sharding.py', 'train/test_loop.py',
-               'model/test_linear_lm.py', 'model/test_decode.py', 'train/test_multiprocess.py',
-               'model/test_linear_recurrent.py', 'rl/test_a2c.py', 'test_flops.py', 'test_bad_input.py',
-               'test_fuzz.py', 'test_compare.py', 'test_recall.py', 'test_launch.py', 'model/test_attention.py')
+               'model/test_gated_lm.py', 'model/test_decode.py', 'train/test_multiprocess.py',
+               'model/test_linear_recurrent.py', 'diagnostics/rl/test_a2c.py', 'test_flops.py', 'cli/test_eval.py',
+               'cli/test_generate.py', 'cli/test_train.py', 'test_configs.py', 'data/test_segments_fuzz.py',
+               'cli/test_compare.py', 'diagnostics/test_recall.py', 'test_launch.py', 'model/test_attention.py')
+
+
+@pytest.fixture(scope='session')
+def trained_run(tmp_path_factory):
+  """One tiny 2-step run with checkpoints at steps 1 and 2, trained once per test process for the commands'
+  bad-input and flag-value cases (tests/bad_inputs.py, tests/flag_values.py; a case that damages the run
+  works on a copy)."""
+  import bad_inputs  # pylint: disable=import-outside-toplevel  (imports every command)
+  return bad_inputs.train_tiny_run(tmp_path_factory.mktemp('trained') / 'run')
 
 
 def pytest_configure(config):

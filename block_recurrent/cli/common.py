@@ -1,31 +1,14 @@
-"""What the brt-* commands share: configs from gin files or a workdir's config.gin, and the checks of flags
-and data every command makes before anything is built or written."""
+"""What the brt-* commands share: configs from gin files (a workdir's config.gin: train/workdir.py), and the
+checks of flags and data every command makes before anything is built or written."""
 
 from __future__ import annotations
 
-import pathlib
-
 
 def configs_from_gin(gin_files, gin_params):
-  from block_recurrent import configs, ginconf  # pylint: disable=import-outside-toplevel
+  """(ModelConfig, DataConfig, TrainConfig, MeshConfig) of --gin_file and --gin_param."""
+  from block_recurrent import ginconf  # pylint: disable=import-outside-toplevel
   ginconf.parse(gin_files, gin_params)
-  return (ginconf.bound_model_config(), ginconf.bound_data_config(), ginconf.bound(configs.TrainConfig),
-          ginconf.bound(configs.MeshConfig))
-
-
-def workdir_configs(workdir: str, gin_params):
-  """The configs a brt-train workdir was trained with (its config.gin), plus extra bindings."""
-  from block_recurrent import configs  # pylint: disable=import-outside-toplevel
-  from block_recurrent.train import checkpoint  # pylint: disable=import-outside-toplevel
-  config_file = checkpoint.path(workdir) / 'config.gin'
-  if not config_file.is_file():
-    raise configs.ConfigError(f'{config_file} not found: --workdir must be a folder brt-train wrote')
-  if '://' in str(config_file):  # gin reads local files: a bucket's config.gin is read through a copy
-    import tempfile  # pylint: disable=import-outside-toplevel
-    local = pathlib.Path(tempfile.mkdtemp()) / 'config.gin'
-    local.write_text(config_file.read_text())
-    config_file = local
-  return configs_from_gin([str(config_file)], gin_params)
+  return ginconf.bound_configs()
 
 
 def check_data(data_cfg) -> None:

@@ -58,8 +58,7 @@ def _experiments(args) -> list[Experiment]:
   out = []
   for name, path in zip(names, files):
     ginconf.parse([path], args.gin_param)
-    model_cfg, data_cfg = ginconf.bound_model_config(), ginconf.bound_data_config()
-    train_cfg, mesh_cfg = ginconf.bound(configs.TrainConfig), ginconf.bound(configs.MeshConfig)
+    model_cfg, data_cfg, train_cfg, mesh_cfg = ginconf.bound_configs()
     segments = max(1, args.eval_tokens // model_cfg.segment_length)
     changes = dict(eval_every=args.eval_every, eval_segments=segments, checkpoint_every=10 ** 9,
                    log_every=min(train_cfg.log_every, args.eval_every) or args.eval_every)

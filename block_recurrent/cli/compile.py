@@ -35,8 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
   def body() -> int:
     ginconf.parse(args.gin_file, args.gin_param)
-    model_cfg, data_cfg = ginconf.bound_model_config(), ginconf.bound_data_config()
-    train_cfg, mesh_cfg = ginconf.bound(configs.TrainConfig), ginconf.bound(configs.MeshConfig)
+    model_cfg, data_cfg, train_cfg, mesh_cfg = ginconf.bound_configs()
     report = aot.compile_step(model_cfg, data_cfg, train_cfg, mesh_cfg, args.topology, args.step)
     lines = aot.describe(report, model_cfg)
     for line in lines[:-1]:

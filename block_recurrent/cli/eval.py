@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     common.check_given('--data_dir', args.data_dir, 'the corpus folder, or leave it out')
     common.check_given('--spm_path', args.spm_path, 'a SentencePiece model file (PREFIX.model), or leave it out')
     common.check_given('--losses_file', args.losses_file, 'a file name such as losses.tsv, or leave it out')
-    model_cfg, data_cfg, train_cfg, mesh_cfg = common.workdir_configs(args.workdir, args.gin_param)
+    from block_recurrent.train import workdir as workdir_lib
+    model_cfg, data_cfg, train_cfg, mesh_cfg = workdir_lib.read_configs(args.workdir, args.gin_param)
     if args.task:
       data_cfg = dataclasses.replace(data_cfg, task=args.task, data_dir=args.data_dir, spm_path=args.spm_path)
     elif args.data_dir or args.spm_path:

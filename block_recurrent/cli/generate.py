@@ -61,7 +61,7 @@ def _check_top_k(top_k: int, model_cfg, workdir: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
   """brt-generate: continues a prompt with a trained workdir's model, streaming the text as it comes."""
-  from block_recurrent import configs
+  from block_recurrent import configs, errors
   parser = argparse.ArgumentParser(prog='brt-generate', description=main.__doc__.splitlines()[0])
   parser.add_argument('--workdir', required=True, help='a brt-train workdir (its config.gin and checkpoints)')
   parser.add_argument('--prompt', default=None, help='the beginning of the document (default: empty)')
@@ -85,11 +85,12 @@ def main(argv: list[str] | None = None) -> int:
       try:
         prompt = pathlib.Path(args.prompt_file).read_bytes().decode('utf-8')
       except OSError as e:
-        raise configs.ConfigError(f'cannot read --prompt_file {args.prompt_file}: {e.strerror}') from None
+        raise errors.IOFailure(f'cannot read --prompt_file {args.prompt_file}: {e.strerror}') from None
       except UnicodeDecodeError as e:
         raise configs.ConfigError(f'--prompt_file {args.prompt_file} is not UTF-8 (byte {e.start})') from None
     _check_prompt(prompt)
-    model_cfg, data_cfg, train_cfg, mesh_cfg = common.workdir_configs(args.workdir, [])
+    from block_recurrent.train import workdir as workdir_lib
+    model_cfg, data_cfg, train_cfg, mesh_cfg = workdir_lib.read_configs(args.workdir)
     _check_top_k(args.top_k, model_cfg, args.workdir)
     common.check_data(data_cfg)
     from block_recurrent import generation as gen_lib

@@ -19,15 +19,6 @@ os.environ.setdefault('NO_GCE_CHECK', 'true')
 from block_recurrent.cli import common, contract
 
 
-def _check_load_dir(load_dir: str) -> None:
-  from block_recurrent import configs
-  from block_recurrent.train import checkpoint  # pylint: disable=import-outside-toplevel
-  source = checkpoint.path(load_dir) / 'checkpoints'
-  if not source.is_dir() or not any(p.name.isdigit() for p in source.iterdir()):
-    raise configs.ConfigError(f'--load_dir {load_dir} has no checkpoints folder with a checkpoint in it: point it '
-                              'at a brt-train workdir')
-
-
 def _check_train_flags(args) -> None:
   """brt-train's own flags, right after argparse: before gin is parsed, a JAX call or any training."""
   from block_recurrent.train import distributed  # pylint: disable=import-outside-toplevel
@@ -63,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
       raise configs.ConfigError('--reset_optimizer applies to the parameters --load_dir starts from: add '
                                 '--load_dir=WORKDIR or drop --reset_optimizer')
     if args.load_dir is not None:
-      _check_load_dir(args.load_dir)
+      from block_recurrent.train import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+      workdir_lib.check_load_dir(args.load_dir)
     from block_recurrent.train import distributed  # pylint: disable=import-outside-toplevel
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id, auto=args.distributed)
     common.check_data(data_cfg)

@@ -10,7 +10,7 @@ import pathlib
 import sys
 import time
 
-from block_recurrent import configs
+from block_recurrent import configs, errors
 from block_recurrent.cli import contract
 from block_recurrent.data import vocab
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
       output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-      raise configs.ConfigError(f'cannot create the folder of --output {args.output}: {e.strerror}') from None
+      raise errors.IOFailure(f'cannot create the folder of --output {args.output}: {e.strerror}') from None
     texts = tasks.texts(corpus_name, 'train', args.data_dir)
     try:
       path = vocab.train_sentencepiece(texts, args.vocab_size, args.output)

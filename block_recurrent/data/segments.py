@@ -21,19 +21,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from block_recurrent.configs import ConfigError
+from block_recurrent.errors import check as _check, is_int
 
+_is_int = functools.partial(is_int, numpy=True)  # documents and cursors hold NumPy integers too
 _STATE_VERSION = 1
 _INT32_MAX = 2**31 - 1
-
-
-def _check(ok: bool, message: str) -> None:
-  if not ok:
-    raise ConfigError(message)
-
-
-def _is_int(value: Any) -> bool:
-  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

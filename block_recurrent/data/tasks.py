@@ -23,9 +23,13 @@ from typing import Iterator
 os.environ.setdefault('NO_GCE_CHECK', 'true')  # never probe cloud metadata servers
 
 import numpy as np  # noqa: E402
-import seqio  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
+
+from block_recurrent import quiet  # noqa: E402
+
+with quiet.filtered_stderr():  # TensorFlow's C++ start-up notices (no CUDA here, oneDNN) are not ours to print
+  import seqio  # noqa: E402
+  import tensorflow as tf  # noqa: E402
+  import tensorflow_datasets as tfds  # noqa: E402
 
 from block_recurrent.configs import ConfigError  # noqa: E402
 from block_recurrent.data import corpus, segments, vocab as vocab_lib  # noqa: E402

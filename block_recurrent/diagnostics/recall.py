@@ -1,14 +1,15 @@
 """Long-range recall: which language model remembers a fact G tokens later, for G up to many windows.
 
     python -m block_recurrent.diagnostics.recall [--models slide xl rec relit arelit gtrxl] [--steps 1500]
-        [--gaps 8 16 32 64 128 256 512 1024] [--out results/recall]
+        [--gaps 8 16 32 64 128 256 512 1024] [--out results/recall] [--debug]
 
 Synthetic documents over a 64-token vocabulary: random filler tokens, a few facts `key value` stated
 together, and later queries `? key` whose next token is the fact's value. The gap G is the distance from
 the value to the position where the model must produce it again. Every model is trained from scratch on
 the same stream of one-segment documents (128 tokens, gaps up to ~120), with the loss on the answers only,
 and then scored at each gap on longer documents read segment by segment with the carry passed on, as
-brt-eval reads a book. Chance is 1 / the number of values (6.25%).
+brt-eval reads a book; training and scoring are brt-train's own steps (train/step.py). Chance is 1 / the
+number of values (6.25%). An error is one line on stderr (--debug raises it instead).
 
 The models share a window of W = 16 tokens: Slide (blocks of 16 in segments of 128), XL (segments of
 16 with the previous segment cached), Rec:fixed:skip (Slide plus a recurrent layer with 16 states),
@@ -26,14 +27,15 @@ import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
 from block_recurrent import configs
+from block_recurrent.cli import contract
 from block_recurrent.diagnostics import plots
-from block_recurrent.model import linear_lm
+from block_recurrent.model import blocks, factory
+from block_recurrent.train import step as step_lib
 
 VOCAB = 64
 FILLER = 32  # tokens 0..31
@@ -43,6 +45,7 @@ QUERY = 56
 MODELS = ('slide', 'xl', 'rec', 'relit', 'arelit', 'gtrxl')
 WINDOW = 16  # W: every attention model sees at most 2W tokens back
 TRAIN_LENGTH = 128  # one segment
+PROG = 'block_recurrent.diagnostics.recall'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +105,7 @@ def base_config(kind: str, mlp_dim: int) -> configs.ModelConfig:
 
 
 def non_embedding_params(cfg: configs.ModelConfig) -> int:
-  model = nnx.eval_shape(lambda: linear_lm.build(cfg, nnx.Rngs(params=0)))
+  model = nnx.eval_shape(lambda: factory.build(cfg, nnx.Rngs(params=0)))
   total = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   return total - cfg.vocab_size * cfg.d_model
 
@@ -115,60 +118,61 @@ def matched_config(kind: str, target: int) -> configs.ModelConfig:
   return base_config(kind, mlp)
 
 
+class Document(nnx.Module):
+  """A model that reads whole documents [B, T]: one segment call after another (model/blocks.py's scan over
+  the segments), the carry passed on, as brt-eval reads a book. train_step and eval_step see one call."""
+
+  def __init__(self, model):
+    self.model = model
+
+  def init_carry(self, batch_size: int):
+    return self.model.init_carry(batch_size)
+
+  def __call__(self, tokens_BxT, carry, start_B, *, deterministic: bool = True, dropout_key=None):
+    def segment(carry, tokens_BxN, index):
+      key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
+      logits, carry = self.model(tokens_BxN, carry, start_B & (index == 0), deterministic=deterministic,
+                                 dropout_key=key)
+      return carry, logits
+
+    tokens_SxBxN = blocks.split_blocks(tokens_BxT, self.model.config.segment_length)
+    carry, logits_SxBxNxV = blocks.scan(segment, carry, tokens_SxBxN)
+    return blocks.merge_blocks(logits_SxBxNxV), carry
+
+
+def next_token_batch(tokens_BxT: np.ndarray, mask_BxT: np.ndarray) -> dict:
+  """The step's batch for documents whose answers follow the positions `mask` marks: each position's target
+  is the next token, scored only where the mask says (the last position has none)."""
+  rows = tokens_BxT.shape[0]
+  targets = np.concatenate([tokens_BxT[:, 1:], np.zeros((rows, 1), tokens_BxT.dtype)], axis=1)
+  mask = np.concatenate([mask_BxT[:, :-1], np.zeros((rows, 1), bool)], axis=1)
+  return {'inputs': tokens_BxT, 'targets': targets, 'mask': mask, 'start': np.ones((rows,), bool),
+          'num_bytes': np.zeros((rows,), np.int32)}
+
+
 class Trainer:
-  """One model: a jitted train step on one-segment documents, and a jitted scorer that reads longer
-  documents segment by segment with the carry passed on."""
+  """One model, trained and scored by brt-train's own steps (train/step.py) on whole documents: one-segment
+  documents to train on, longer ones to score, read segment by segment with the carry passed on."""
 
   def __init__(self, cfg: configs.ModelConfig, learning_rate: float, steps: int, seed: int):
     self.cfg = cfg
-    model = linear_lm.build(cfg, nnx.Rngs(params=seed))
-    self.graphdef, self.params = nnx.split(model)
+    model = Document(factory.build(cfg, nnx.Rngs(params=seed)))
+    self.graphdef = nnx.graphdef(model)
     schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(100, steps // 10 + 1), steps)
-    self.tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
-    self.opt_state = self.tx.init(self.params)
-    self._step = jax.jit(self._train_step)
-    self._score = jax.jit(self._score_documents)
-
-  def _forward(self, params, tokens_BxT):
-    """Logits over the whole document (whole segments), one segment at a time with the carry passed on."""
-    model = nnx.merge(self.graphdef, params)
-    batch, length = tokens_BxT.shape
-    n = self.cfg.segment_length
-    segments = tokens_BxT.reshape(batch, length // n, n).swapaxes(0, 1)  # [S, B, N]
-
-    def segment(carry, xs):
-      tokens, first = xs
-      logits, carry = model(tokens, carry, jnp.full((batch,), first))
-      return carry, logits
-
-    starts = jnp.arange(length // n) == 0
-    _, logits = jax.lax.scan(segment, model.init_carry(batch), (segments, starts))
-    return logits.swapaxes(0, 1).reshape(batch, length, -1)
-
-  def _loss(self, params, tokens, mask):
-    logits = self._forward(params, tokens)[:, :-1]
-    logp = jax.nn.log_softmax(logits)
-    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
-    m = mask[:, :-1].astype(jnp.float32)
-    return jnp.sum(nll * m) / jnp.sum(m)
-
-  def _train_step(self, params, opt_state, tokens, mask):
-    loss, grads = jax.value_and_grad(self._loss)(params, tokens, mask)
-    updates, opt_state = self.tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  def _score_documents(self, params, tokens, mask):
-    logits = self._forward(params, tokens)[:, :-1]
-    right = (jnp.argmax(logits, -1) == tokens[:, 1:]) & mask[:, :-1]
-    return jnp.sum(right, axis=1)
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
+    self.state = step_lib.init_state(model, tx, seed, batch_size=1)
+    self._init_carry = model.init_carry
+    self._step = jax.jit(lambda s, b: step_lib.train_step(self.graphdef, tx, schedule, s, b, dropout=False))
+    self._score = jax.jit(lambda s, b: step_lib.eval_step(self.graphdef, s, b)[1]['correct'])
 
   def train(self, rng, steps: int, batch: int, task: Task, echo=None) -> list[float]:
     losses = []
     t0 = time.perf_counter()
     for i in range(steps):
       tokens, mask, _ = make_documents(rng, batch, TRAIN_LENGTH, task)
-      self.params, self.opt_state, loss = self._step(self.params, self.opt_state, tokens, mask)
-      losses.append(float(loss))
+      self.state, metrics = self._step(self.state._replace(carry=self._init_carry(batch)),
+                                       next_token_batch(tokens, mask))
+      losses.append(float(metrics['loss']))
       if echo and (i + 1) % max(steps // 5, 1) == 0:
         echo(f'  step {i + 1}/{steps}: answer loss {np.mean(losses[-50:]):.3f} ({time.perf_counter() - t0:.0f}s)')
     return losses
@@ -177,7 +181,7 @@ class Trainer:
     right = 0
     for _ in range(examples // batch):
       tokens, mask, _ = make_documents(rng, batch, length, task, gap=gap)
-      right += int(jnp.sum(self._score(self.params, tokens, mask)))
+      right += int(self._score(self.state._replace(eval_carry=self._init_carry(batch)), next_token_batch(tokens, mask)))
     return right / (examples // batch * batch)
 
 
@@ -188,7 +192,7 @@ def eval_length(max_gap: int, task: Task) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
   parser.add_argument('--models', nargs='+', default=list(MODELS), choices=MODELS)
   parser.add_argument('--gaps', type=int, nargs='+', default=[8, 16, 32, 64, 128, 256, 512, 1024])
   parser.add_argument('--steps', type=int, default=1500, help='training steps per model')
@@ -198,11 +202,17 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--facts', type=int, default=2)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--out', default='results/recall')
+  contract.add_debug_flag(parser)
   args = parser.parse_args(argv)
   if min(args.gaps) < 3:
     parser.error(f'--gaps must be at least 3 (value, "?", key, answer), got {min(args.gaps)}')
   if not 1 <= args.facts <= len(KEYS):
     parser.error(f'--facts must lie in [1, {len(KEYS)}], got {args.facts}')
+  return contract.guarded(PROG, args.debug, lambda: _run(args))
+
+
+def _run(args) -> int:
+  """Trains and scores each model, prints the table and writes OUT.json and OUT.png."""
   task = Task(facts=args.facts)
   target = non_embedding_params(base_config('relit', 128))
   length = eval_length(max(args.gaps), task)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from block_recurrent.configs import ModelConfig
-from block_recurrent.model import linear_lm, linear_recurrent as lr
+from block_recurrent.model import gated_lm, linear_recurrent as linrec
 
 KINDS = ('relit', 'arelit', 'gtrxl')
 
@@ -27,7 +27,7 @@ def step_cost(kind: str, *, d_model: int = 128, num_heads: int = 4, head_dim: in
   rngs = nnx.Rngs(0)
   cfg = ModelConfig(d_model=d_model, num_heads=num_heads, head_dim=head_dim, mlp_dim=4 * d_model,
                     sequence_layer=kind, relit_eta=eta, arelit_rank=rank, gtrxl_memory=memory, dropout_rate=0.0)
-  blocks = [lr.GatedBlock(linear_lm.sequence_layer(cfg, kind, rngs), d_model, 4 * d_model, rngs)
+  blocks = [linrec.GatedBlock(gated_lm.sequence_layer(cfg, kind, rngs), d_model, 4 * d_model, rngs)
             for _ in range(num_layers)]
   graphdef, params = nnx.split(nnx.List(blocks))
   states = [b.init_state(1) for b in blocks]
@@ -45,4 +45,4 @@ def step_cost(kind: str, *, d_model: int = 128, num_heads: int = 4, head_dim: in
   compiled = jax.jit(step).lower(params, x, states).compile()
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-  return {'flops': float(analysis.get('flops', float('nan'))), 'state_bytes': lr.state_bytes(states)}
+  return {'flops': float(analysis.get('flops', float('nan'))), 'state_bytes': linrec.state_bytes(states)}

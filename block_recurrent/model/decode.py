@@ -11,34 +11,14 @@ re-projected, and the slots shift by W. The cost per token is O(W + S), whatever
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 
 from block_recurrent.configs import ConfigError
 from block_recurrent.model import attention, carry as carry_lib, recurrent
+from block_recurrent.model.carry import DecodeState
 
 Array = jax.Array
-
-
-class DecodeState(NamedTuple):
-  keys: tuple[Array, ...]  # per layer [B, 2W, H, D]: previous block ++ current partial block
-  values: tuple[Array, ...]
-  valid: Array  # bool [B, 2W]: slots that hold tokens the next token may see
-  position: Array  # int32 [B]: tokens of the current document consumed so far
-  states: tuple[Array, ...]  # per recurrent layer [B, S, d], float32, as at the start of the block
-  state_keys: tuple[Array, ...]  # per recurrent layer [B, S, H, D]: what tokens of this block read
-  state_values: tuple[Array, ...]
-
-  LOGICAL_AXES = {'keys': ('batch', 'length', 'heads', 'kv'), 'values': ('batch', 'length', 'heads', 'kv'),
-                  'valid': ('batch', 'length'), 'position': ('batch',), 'states': ('batch', 'states', 'embed'),
-                  'state_keys': ('batch', 'states', 'heads', 'kv'),
-                  'state_values': ('batch', 'states', 'heads', 'kv')}
-
-  @property
-  def batch_size(self) -> int:
-    return self.position.shape[0]
 
 
 def _state_kv(model, states):
@@ -174,9 +154,3 @@ def run(model, ds: DecodeState, tokens_BxT: Array, start_BxT: Array | None = Non
                                        jnp.moveaxis(jnp.asarray(start_BxT, bool), 1, 0)))
   return jnp.moveaxis(logits, 0, 1), ds
 
-
-def prefill(model, tokens_BxP: Array):
-  """Reads a prompt at the start of a document (model/prefill.py): (logits [B, V] for the token after
-  the prompt, or None for an empty prompt; decode state)."""
-  from block_recurrent.model import prefill as prefill_lib  # pylint: disable=import-outside-toplevel
-  return prefill_lib.prefill(model, tokens_BxP)

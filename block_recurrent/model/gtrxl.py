@@ -16,25 +16,15 @@ A reset at t hides every key before t from t on.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from block_recurrent.model import layers
+from block_recurrent.model.carry import CacheState
 
 Array = jax.Array
-
-
-class CacheState(NamedTuple):
-  keys: Array  # [B, M, H, Dh]: the last M tokens (oldest first)
-  values: Array
-  valid: Array  # bool [B, M]: slots holding tokens of the current episode
-
-  LOGICAL_AXES = {'keys': ('batch', 'length', 'heads', 'kv'), 'values': ('batch', 'length', 'heads', 'kv'),
-                  'valid': ('batch', 'length')}
 
 
 def sinusoids(distances: np.ndarray, dim: int) -> np.ndarray:

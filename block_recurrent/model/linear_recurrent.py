@@ -22,7 +22,6 @@ with the episode, so it stays exact however long the run.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,26 +29,10 @@ import numpy as np
 from flax import nnx
 
 from block_recurrent.model import layers
+from block_recurrent.model.carry import AReLiTState, ReLiTState
 
 Array = jax.Array
 EPS = 1e-6
-
-
-class ReLiTState(NamedTuple):
-  C: Array  # [B, H, Dh, F] float32
-  s: Array  # [B, H, F] float32
-
-  LOGICAL_AXES = {'C': ('batch', 'heads', 'kv', None), 's': ('batch', 'heads', None)}
-
-
-class AReLiTState(NamedTuple):
-  K: Array  # [B, H, r, F] float32
-  V: Array  # [B, H, r, Dh] float32
-  s: Array  # [B, H, F] float32
-  tau: Array  # [B]: int32 modulo the period ('fixed') or float32 ('faithful')
-
-  LOGICAL_AXES = {'K': ('batch', 'heads', None, None), 'V': ('batch', 'heads', None, 'kv'),
-                  's': ('batch', 'heads', None), 'tau': ('batch',)}
 
 
 class _Features(nnx.Module):

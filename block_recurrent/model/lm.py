@@ -29,6 +29,10 @@ ACTIVATIONS = ('batch', None, None)  # [B, N, d] between layers: rows split, the
 
 class LanguageModel(nnx.Module):
 
+  # The generation contract (model/prefill.py): the token form runs on a decode.DecodeState, converted
+  # from the carry by decode.from_carry (GatedLanguageModel steps on its carry instead).
+  STEPS_ON_CARRY = False
+
   def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
     self.config = config
     self.embed = layers.normal(rngs, (config.vocab_size, config.d_model), 1.0)

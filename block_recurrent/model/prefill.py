@@ -16,12 +16,18 @@ Array = jax.Array
 
 
 def token_forms(model):
-  """(to_decode(carry, position_B), step(state, token_B, start_B)). A model with its own step form
-  (linear_lm) decodes from its carry; the attention family converts its carry with decode.from_carry."""
-  if hasattr(model, 'step'):
+  """(to_decode(carry, position_B), step(state, token_B, start_B)). A model that declares STEPS_ON_CARRY
+  (gated_lm) decodes from its carry with its own step(); the attention family converts its carry with
+  decode.from_carry."""
+  if model.STEPS_ON_CARRY:
     return (lambda carry, position_B: carry), model.step
   return ((lambda carry, position_B: decode.from_carry(model, carry, position_B)),
           (lambda ds, token_B, start_B=None: decode.step(model, ds, token_B, start_B)))
+
+
+def fresh_state(model, batch: int):
+  """The token-form state of `batch` rows before any token: the carry or a decode.DecodeState."""
+  return model.init_carry(batch) if model.STEPS_ON_CARRY else decode.init(model, batch)
 
 
 def segment(model, carry, tokens_BxN: Array, start_B: Array):

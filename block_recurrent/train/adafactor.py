@@ -46,7 +46,7 @@ REFERENCE_TENSORS: dict[tuple[str, int], View] = {
     ('temperature', 2): View((0,), (1,)),  # [n, H]: a temperature vector per attention
     ('kernel', 3): View((1,), (0,), (2,)),  # LSTM gate [y, 2, d]: forget and input kernels [y, d]
     ('bias', 2): View((0,), (1,)),  # LSTM gate [2, d]: their biases
-    # linear_lm.py (ReLiT / AReLiT features, GRU gates, GTrXL attention), in the same spirit
+    # gated_lm.py (ReLiT / AReLiT features, GRU gates, GTrXL attention), in the same spirit
     ('kqv', 4): View((1,), (0,), (2, 3)),
     ('p', 4): View((1,), (0,), (2, 3)),
     ('out', 3): View((), (0, 1), (2,)),

@@ -7,9 +7,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import sys
 import time
 from typing import NamedTuple
+
+from block_recurrent import quiet
 
 os.environ.setdefault('NO_GCE_CHECK', 'true')
 
@@ -88,30 +89,17 @@ def topology_devices(name: str):
   s = SLICES[name]
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
   try:
-    with _quiet_stderr():  # libtpu's start-up warnings about TPU workers do not apply to a compile-only use
+    with quiet.silenced_stderr():  # libtpu's start-up warnings about TPU workers do not apply to a compile-only use
       topology = topologies.get_topology_desc(topology_name=s.topology, platform='tpu', chip_config_name=s.chip_config,
                                               chips_per_host_bounds=s.host_bounds, num_slices=1)
   except Exception as e:  # pylint: disable=broad-except
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    if 'lockfile' in first:  # libtpu allows one process at a time unless told otherwise
+      raise ConfigError(f'cannot compile for TPU slice {name} now: another process holds libtpu ({first}); wait '
+                        'for it to finish, or set ALLOW_MULTIPLE_LIBTPU_LOAD=1 to compile alongside it') from None
     raise ConfigError(f'cannot compile for TPU slice {name} here ({first}): install libtpu with '
                       "pip install -e '.[tpu]'") from None
   return list(topology.devices), s
-
-
-class _quiet_stderr:
-  """Silences file descriptor 2 (C++ logging included) inside the block."""
-
-  def __enter__(self):
-    sys.stderr.flush()
-    self._saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    os.close(devnull)
-
-  def __exit__(self, *exc):
-    os.dup2(self._saved, 2)
-    os.close(self._saved)
-    return False
 
 
 def _hints(model_cfg, mesh_cfg, step: str) -> str:
@@ -150,7 +138,7 @@ def compile_step(model_cfg, data_cfg, train_cfg, mesh_cfg, topology: str, step: 
                         f'(parameters, optimiser state and carries alone); try {_hints(model_cfg, mesh_cfg, step)}')
   start = time.perf_counter()
   try:
-    with _quiet_stderr() if slice_ else contextlib.nullcontext():
+    with quiet.silenced_stderr() if slice_ else contextlib.nullcontext():
       compiled, rows, analytic, mesh = _lower(loop, model_cfg, data_cfg, train_cfg, mesh_cfg, devices, step)
   except ConfigError:  # a configuration problem is already one line
     raise
@@ -205,14 +193,14 @@ def _lower_generate(s, model_cfg):
   from flax import nnx  # pylint: disable=import-outside-toplevel
 
   from block_recurrent import flops, generation, sharding  # pylint: disable=import-outside-toplevel
-  from block_recurrent.model import decode, linear_lm  # pylint: disable=import-outside-toplevel
-  abstract = nnx.eval_shape(lambda: linear_lm.build(model_cfg, nnx.Rngs(0)))
+  from block_recurrent.model import factory, prefill  # pylint: disable=import-outside-toplevel
+  abstract = nnx.eval_shape(lambda: factory.build(model_cfg, nnx.Rngs(0)))
   graphdef, params = nnx.split(abstract)
   params = jax.tree.map(lambda p, sh: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=sh), params,
                         s.state_sh.params)
   def fresh_state():
-    model = linear_lm.build(model_cfg, nnx.Rngs(0))
-    return model.init_carry(1) if hasattr(model, 'prefill') else decode.init(model, 1)
+    model = factory.build(model_cfg, nnx.Rngs(0))
+    return prefill.fresh_state(model, 1)
 
   state = jax.eval_shape(fresh_state)
   state = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), state,

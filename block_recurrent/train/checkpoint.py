@@ -26,7 +26,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from block_recurrent.configs import ConfigError
+from block_recurrent import errors
+from block_recurrent.errors import ConfigError
 
 INTEGRITY_VERSION = 1
 
@@ -62,15 +63,15 @@ class Checkpointer:
       try:
         self.directory.mkdir(parents=True, exist_ok=True)
       except OSError as e:
-        raise ConfigError(f'cannot create checkpoint folder {self.directory}: {e.strerror}') from None
+        raise errors.IOFailure(f'cannot create checkpoint folder {self.directory}: {e.strerror}') from None
       if jax.process_index() == 0 and '://' not in str(self.directory):  # found now, not after every step ran
         probe = self.directory / f'.write_test.{os.getpid()}'
         try:
           probe.write_text('')
           probe.unlink()
         except OSError as e:
-          raise ConfigError(f'cannot write checkpoints to {self.directory}: {e.strerror}: make it writable or give '
-                            'another --workdir') from None
+          raise errors.IOFailure(f'cannot write checkpoints to {self.directory}: {e.strerror}: make it writable or '
+                                 'give another --workdir') from None
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=max(every, 1),
                                            enable_async_checkpointing=True, create=create)
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=_handlers())
@@ -194,13 +195,13 @@ class Checkpointer:
     if result is not None:
       return result
     if step is not None and skipped:
-      raise ConfigError(f'checkpoint {self.directory}/{step} cannot be read ({skipped[0][1]}): it is truncated or '
-                        'corrupted; pick another step')
+      raise errors.CorruptData(f'checkpoint {self.directory}/{step} cannot be read ({skipped[0][1]}): it is truncated '
+                               'or corrupted; pick another step')
     if skipped:
       listed = '; '.join(f'step {bad}: {why}' for bad, why in skipped[:2]) + ('; ...' if skipped[2:] else '')
       aside = f' (moved to {self.set_aside_folder})' if self.owner and step is None else ''
-      raise ConfigError(f'no checkpoint in {self.directory} can be read ({listed}){aside}: they are truncated or '
-                        'corrupted; restore them from a copy, or start afresh in a new --workdir')
+      raise errors.CorruptData(f'no checkpoint in {self.directory} can be read ({listed}){aside}: they are truncated '
+                               'or corrupted; restore them from a copy, or start afresh in a new --workdir')
     return None
 
   def _restore_one(self, s: int, abstract_state):
@@ -239,7 +240,7 @@ class Checkpointer:
       self.manager.close()
 
 
-class CheckpointWriteError(ConfigError):
+class CheckpointWriteError(errors.IOFailure):
   """A checkpoint could not be written (disk full, permissions): the message says why and what is safe."""
 
 
@@ -367,7 +368,7 @@ def _structure_mismatch(manager, step: int, abstract_state) -> str:
 def _first_line(e: Exception) -> str:
   """The gist of an Orbax/TensorStore error: its first sentence (what follows is advice about Orbax's own
   options), and for a tree mismatch the first entry that differs."""
-  lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+  lines = errors.lines(e)
   if not lines:
     return type(e).__name__
   gist = lines[0].split('. ')[0].rstrip('.')

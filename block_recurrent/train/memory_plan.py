@@ -17,7 +17,7 @@ import jax
 from flax import nnx
 
 from block_recurrent import configs, sharding
-from block_recurrent.model import linear_lm
+from block_recurrent.model import factory
 from block_recurrent.train import optim
 
 
@@ -52,7 +52,7 @@ def plan(model_cfg: configs.ModelConfig, train_cfg: configs.TrainConfig, batch_s
   if eval_batch_size:
     sharding.check_batch(eval_batch_size, mesh.shape, 'evaluation batch size')
   def shapes():
-    lm = linear_lm.build(model_cfg, nnx.Rngs(0))
+    lm = factory.build(model_cfg, nnx.Rngs(0))
     params = nnx.state(lm, nnx.Param)
     return (params, optim.optimizer(train_cfg).init(params),
             (lm.init_carry(batch_size), lm.init_carry(eval_batch_size or batch_size)))

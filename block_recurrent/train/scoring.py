@@ -7,10 +7,12 @@ import dataclasses
 
 import jax
 
-from block_recurrent import configs
+from block_recurrent import configs, errors
 from block_recurrent.data import tasks
-from block_recurrent.train import checkpoint as ckpt_lib, workdir as workdir_lib
-from block_recurrent.train.loop import LN2, eval_program, evaluate, setup
+from block_recurrent.train import workdir as workdir_lib
+from block_recurrent.train.loop import evaluate
+from block_recurrent.train.loop_policy import LN2
+from block_recurrent.train.programs import eval_program, setup
 
 
 def restore_workdir(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig,
@@ -21,30 +23,17 @@ def restore_workdir(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig
   The checkpoint is read with the batch sizes it was saved with (its carries' shapes; they are in the
   workdir's config.gin), and the returned setup and state have data_cfg's evaluation batch, with a fresh
   evaluation carry: `--gin_param=configs.DataConfig.eval_batch_size=N` works on any run."""
-  directory = ckpt_lib.path(workdir) / 'checkpoints'
-  if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
+  if not workdir_lib.has_checkpoint(workdir):
     raise configs.ConfigError(f'{workdir} has no checkpoint: train it first with brt-train --workdir={workdir}')
-  saved = workdir_lib.bindings((ckpt_lib.path(workdir) / 'config.gin').read_text())
+  saved = workdir_lib.saved_bindings(workdir)
   saved_batch = saved.get('DataConfig.batch_size', workdir_lib.default('DataConfig.batch_size'))
   saved_cfg = dataclasses.replace(data_cfg, batch_size=saved_batch,
                                   eval_batch_size=saved.get('DataConfig.eval_batch_size'))
   s_saved = setup(model_cfg, saved_cfg, train_cfg, mesh_cfg)
   s = setup(model_cfg, dataclasses.replace(data_cfg, batch_size=saved_batch), train_cfg, mesh_cfg)
-  checkpointer = ckpt_lib.Checkpointer(directory, keep=1000, every=1, create=False)
-  try:
-    restored = workdir_lib.restore(checkpointer, s_saved.target, ckpt_lib.path(workdir), (model_cfg, data_cfg), step)
-  except ckpt_lib.CheckpointMismatch:
-    raise
-  except configs.ConfigError as e:
-    live = workdir_lib.holder(ckpt_lib.path(workdir))
-    if not live:
-      raise
-    raise configs.ConfigError(f'{workdir} is being trained right now ({live}) and its checkpoints changed while '
-                              f'they were read ({e}): run this again in a moment') from None
-  finally:
-    checkpointer.close()
+  restored = workdir_lib.read_checkpoint(workdir, s_saved.target, (model_cfg, data_cfg), step)
   if restored is None:
-    raise configs.ConfigError(f'{directory} holds no complete checkpoint'
+    raise configs.ConfigError(f'{workdir_lib.checkpoints(workdir)} holds no complete checkpoint'
                               + (f' at step {step}' if step is not None else ''))
   state = restored[1]
   if s.eval_batch != s_saved.eval_batch:  # the saved evaluation carry is never used: a fresh one of the new size
@@ -65,7 +54,7 @@ def _check_losses_file(losses_file: str) -> None:
       with open(losses_file, encoding='utf-8', errors='replace') as f:
         first = f.readline()
     except OSError as e:
-      raise configs.ConfigError(f'cannot read --losses_file {losses_file}: {e.strerror}') from None
+      raise errors.IOFailure(f'cannot read --losses_file {losses_file}: {e.strerror}') from None
     if first != LOSSES_HEADER:
       raise configs.ConfigError(f'--losses_file {losses_file} already exists and is not a losses file brt-eval '
                                 'wrote: give a new path (it was left as it is)')
@@ -90,7 +79,7 @@ def evaluate_workdir(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfi
     try:
       out = open(losses_file, 'w')  # pylint: disable=consider-using-with
     except OSError as e:
-      raise configs.ConfigError(f'cannot write --losses_file {losses_file}: {e.strerror}') from None
+      raise errors.IOFailure(f'cannot write --losses_file {losses_file}: {e.strerror}') from None
     out.write(LOSSES_HEADER)
 
   def write(doc_id, first, targets, nll):

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from block_recurrent.model.carry import Carry
+from block_recurrent.model.carry import ModelCarry
 
 Array = jax.Array
 
@@ -23,13 +23,29 @@ class TrainState(NamedTuple):
   params: Any  # nnx.State of the model's Params
   opt_state: Any
   rng: Array  # uint32 raw key data (checkpointable)
-  carry: Carry
-  eval_carry: Carry
+  carry: ModelCarry  # Carry (attention family) or LayerStates (gated family)
+  eval_carry: ModelCarry
+
+
+def token_nll(logits_BxNxV: Array, targets_BxN: Array) -> Array:
+  """Each position's negative log-likelihood of its target, in nats, computed in float32: [B, N]. The one
+  definition of the loss: the train and eval steps, brt-eval's per-token losses and the diagnostics use it."""
+  logp_BxNxV = jax.nn.log_softmax(logits_BxNxV.astype(jnp.float32))
+  return -jnp.take_along_axis(logp_BxNxV, targets_BxN[..., None], axis=-1)[..., 0]
+
+
+def init_state(model, tx: optax.GradientTransformation, seed: int, batch_size: int,
+               eval_batch_size: int | None = None) -> TrainState:
+  """The state at step 0 of `model` (an nnx model, split later with nnx.split): its parameters, a fresh
+  optimiser state, the dropout RNG of `seed` and initial carries of batch_size (and eval_batch_size) rows."""
+  params = nnx.state(model)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=jax.random.key_data(jax.random.key(seed)), carry=model.init_carry(batch_size),
+                    eval_carry=model.init_carry(eval_batch_size or batch_size))
 
 
 def _token_stats(logits_BxNxV: Array, batch: dict) -> dict:
-  logp = jax.nn.log_softmax(logits_BxNxV.astype(jnp.float32))
-  nll = -jnp.take_along_axis(logp, batch['targets'][..., None], axis=-1)[..., 0]
+  nll = token_nll(logits_BxNxV, batch['targets'])
   mask = batch['mask'].astype(jnp.float32)
   correct = (jnp.argmax(logits_BxNxV, -1) == batch['targets']).astype(jnp.float32)
   return {'nll_sum': jnp.sum(nll * mask), 'tokens': jnp.sum(mask), 'correct': jnp.sum(correct * mask),
@@ -75,6 +91,5 @@ def eval_step(graphdef, state: TrainState, batch: dict):
   """Scores one segment per lane with the evaluation carry; parameters and the train carry are untouched."""
   model = nnx.merge(graphdef, state.params)
   logits, eval_carry = model(batch['inputs'], state.eval_carry, batch['start'])
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-  token_nll = -jnp.take_along_axis(logp, batch['targets'][..., None], axis=-1)[..., 0]  # [B, N] nats
-  return state._replace(eval_carry=eval_carry), dict(_token_stats(logits, batch), token_nll=token_nll)
+  return state._replace(eval_carry=eval_carry), dict(_token_stats(logits, batch),
+                                                     token_nll=token_nll(logits, batch['targets']))

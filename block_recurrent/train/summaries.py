@@ -8,6 +8,8 @@ import pathlib
 
 import jax
 
+from block_recurrent import quiet
+
 
 class MetricsWriter:
 
@@ -40,7 +42,7 @@ class MetricsWriter:
     else:
       self._lines.append(line)
       (self.workdir / 'metrics.jsonl').write_text(''.join(self._lines))
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf = quiet.import_tensorflow()
     if split not in self._writers:
       self._writers[split] = tf.summary.create_file_writer(str(self.workdir / 'tensorboard' / split))
     # tf.summary.scalar needs the tensorboard package; the core op with the scalars plugin's metadata
@@ -77,7 +79,7 @@ def _supersede(workdir, step: int) -> None:
 
 def read_events(folder) -> list[tuple[int, str, float]]:
   """(step, tag, value) of every scalar in the TensorBoard event files under folder."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  tf = quiet.import_tensorflow()
   out = []
   for path in sorted(pathlib.Path(folder).glob('events.out.tfevents.*')):
     for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():

@@ -1,9 +1,12 @@
-"""A brt-train workdir's bookkeeping: the lock that keeps a second trainer out, the history of the configs a
-run was trained with, and the settings that differ between a checkpoint's config and the one given now.
+"""A brt-train workdir, the one module that knows its layout: the lock that keeps a second trainer out, its
+config.gin (written by brt-train, read back by brt-eval and brt-generate) and the history of the configs a
+run was trained with, whether it has a checkpoint, and the restores that read it (brt-train's resume,
+brt-eval, brt-generate and --load_dir), which name the settings that differ when a checkpoint does not fit.
 
     WORKDIR/.lock             held (flock) by the brt-train process that trains here; names it
     WORKDIR/config.gin        the bindings in force now (brt-eval and brt-generate read it)
     WORKDIR/config_history/   every config.gin this run was trained with before, named by when it was replaced
+    WORKDIR/checkpoints/      one folder per saved step (block_recurrent/train/checkpoint.py)
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ import ast
 import dataclasses
 import json
 import os
+import pathlib
 import socket
 import time
 
-from block_recurrent import configs
+from block_recurrent import configs, errors
 from block_recurrent.train import checkpoint as ckpt_lib
 
 LOCK_NAME = '.lock'
@@ -86,6 +90,56 @@ def holder(workdir) -> str:
     os.close(fd)
 
 
+def create(workdir) -> None:
+  """Makes the workdir (and its parents) for brt-train."""
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise errors.IOFailure(f'cannot write to workdir {workdir}: {e.strerror}') from None
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------------
+
+def checkpoints(workdir):
+  """WORKDIR/checkpoints, the folder brt-train's Checkpointer saves in."""
+  return ckpt_lib.path(workdir) / 'checkpoints'
+
+
+def has_checkpoint(workdir) -> bool:
+  """Whether workdir holds a checkpoint to read: a step folder in WORKDIR/checkpoints (whether it is complete
+  and sound is the restore's to say). The one such check, for brt-eval, brt-generate and --load_dir."""
+  folder = checkpoints(workdir)
+  return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
+def check_load_dir(load_dir: str) -> None:
+  """--load_dir names a brt-train workdir with a checkpoint (brt-train checks it before anything is built)."""
+  if not has_checkpoint(load_dir):
+    raise configs.ConfigError(f'--load_dir {load_dir} has no checkpoints folder with a checkpoint in it: point it '
+                              'at a brt-train workdir')
+
+
+def read_checkpoint(workdir, target, cfgs=(), step: int | None = None):
+  """(step, state, cursor) of another run's newest (or `step`) sound checkpoint, or None if it has no complete
+  one; read-only: nothing there is made, moved or deleted (brt-eval, brt-generate, --load_dir).
+
+  A checkpoint of another config names the settings (of the config objects cfgs) that differ. A run
+  training there right now may rotate its checkpoints while they are read: that failure says so."""
+  checkpointer = ckpt_lib.Checkpointer(checkpoints(workdir), keep=1000, every=1, create=False)
+  try:
+    return restore(checkpointer, target, ckpt_lib.path(workdir), cfgs, step)
+  except ckpt_lib.CheckpointMismatch:
+    raise
+  except errors.BadInput as e:
+    live = holder(ckpt_lib.path(workdir))
+    if not live:
+      raise
+    raise errors.IOFailure(f'{workdir} is being trained right now ({live}) and its checkpoints changed while they '
+                           f'were read ({e}): run this again in a moment') from None
+  finally:
+    checkpointer.close()
+
+
 def restore(checkpointer, target, workdir, cfgs, step: int | None = None):
   """checkpointer.restore(target, step); a checkpoint of another config names the settings (of the config
   objects cfgs) that differ from the workdir's config.gin."""
@@ -101,19 +155,43 @@ def restore(checkpointer, target, workdir, cfgs, step: int | None = None):
 
 # --- configs --------------------------------------------------------------------------------------------------
 
+def read_configs(workdir: str, gin_params=()):
+  """(ModelConfig, DataConfig, TrainConfig, MeshConfig) a brt-train workdir was trained with (its config.gin),
+  plus extra bindings."""
+  from block_recurrent import ginconf  # pylint: disable=import-outside-toplevel  (gin: only when a command asks)
+  config_file = ckpt_lib.path(workdir) / 'config.gin'
+  if not config_file.is_file():
+    raise configs.ConfigError(f'{config_file} not found: --workdir must be a folder brt-train wrote')
+  if '://' in str(config_file):  # gin reads local files: a bucket's config.gin is read through a copy
+    import tempfile  # pylint: disable=import-outside-toplevel
+    local = pathlib.Path(tempfile.mkdtemp()) / 'config.gin'
+    local.write_text(config_file.read_text())
+    config_file = local
+  ginconf.parse([str(config_file)], gin_params)
+  return ginconf.bound_configs()
+
+
+def saved_bindings(workdir) -> dict[str, object]:
+  """The bindings of WORKDIR/config.gin (see bindings)."""
+  return bindings((ckpt_lib.path(workdir) / 'config.gin').read_text())
+
+
 def record_config(workdir, config_text: str, step: int) -> str | None:
   """Writes config_text to WORKDIR/config.gin; a different one already there (a resume with other settings)
   is first kept as config_history/config.<time>.step<N>.gin. Returns that file's name, or None."""
   current = workdir / 'config.gin'
   kept = None
-  if current.exists():
-    old = current.read_text()
-    if old.strip() != config_text.strip():
-      history = workdir / 'config_history'
-      history.mkdir(parents=True, exist_ok=True)
-      kept = history / f'config.{time.strftime("%Y%m%dT%H%M%S", time.gmtime())}.step{step}.gin'
-      kept.write_text(old)
-  current.write_text(config_text)
+  try:
+    if current.exists():
+      old = current.read_text()
+      if old.strip() != config_text.strip():
+        history = workdir / 'config_history'
+        history.mkdir(parents=True, exist_ok=True)
+        kept = history / f'config.{time.strftime("%Y%m%dT%H%M%S", time.gmtime())}.step{step}.gin'
+        kept.write_text(old)
+    current.write_text(config_text)
+  except OSError as e:
+    raise errors.IOFailure(f'cannot write to workdir {workdir}: {e.strerror}') from None
   return None if kept is None else str(kept)
 
 

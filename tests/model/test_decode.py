@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 import block_recurrent as brt
-from block_recurrent.model import decode
+from block_recurrent.model import decode, prefill as prefill_lib
 from block_recurrent.model.lm import LanguageModel
 import helpers
 
@@ -59,7 +59,7 @@ def test_prefill_then_decode_equals_pure_decode(name):
     m = nnx.merge(graphdef, params)
     start = jnp.zeros(toks.shape, bool).at[:, 0].set(True)
     pure, _ = decode.run(m, decode.init(m, 1), toks, start)
-    last, ds = decode.prefill(m, toks[:, :prompt_len])
+    last, ds = prefill_lib.prefill(m, toks[:, :prompt_len])
     rest, _ = decode.run(m, ds, toks[:, prompt_len:])
     return pure, last, rest
 

@@ -166,9 +166,8 @@ def test_a_reader_racing_rotation_reads_the_new_checkpoint(run):
   """A reader lists steps 1 and 2; the live run then saves 3 and rotates 1 and 2 away (keep=1) before the
   reader reads: the reader reads 3, and blames nothing."""
   from block_recurrent import ginconf
-  from block_recurrent.cli.common import workdir_configs as _workdir_configs
   from block_recurrent.train import loop
-  model_cfg, data_cfg, train_cfg, mesh_cfg = _workdir_configs(str(run), [])
+  model_cfg, data_cfg, train_cfg, mesh_cfg = workdir_lib.read_configs(str(run), [])
   s = loop.setup(model_cfg, data_cfg, train_cfg, mesh_cfg)
   reader = ckpt_lib.Checkpointer(run / 'checkpoints', keep=1000, every=1, create=False)
   assert reader.steps() == [1, 2]

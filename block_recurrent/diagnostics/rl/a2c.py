@@ -19,7 +19,8 @@ import optax
 from flax import nnx
 
 from block_recurrent import configs
-from block_recurrent.model import decode, layers, linear_lm, linear_recurrent as lr
+from block_recurrent.model import decode, gated_lm, layers, linear_recurrent as linrec
+from block_recurrent.model.carry import DecodeState
 from block_recurrent.model.lm import LanguageModel
 from block_recurrent.diagnostics.rl import tmaze
 
@@ -75,10 +76,10 @@ class _BRTCell(nnx.Module):
                                     dropout_rate=0.0)
     self.model = LanguageModel(model_cfg, rngs)
 
-  def init_state(self, batch: int) -> decode.DecodeState:
+  def init_state(self, batch: int) -> DecodeState:
     return decode.init(self.model, batch)
 
-  def __call__(self, x_BxTxD, state: decode.DecodeState, reset_BxT, **kw):
+  def __call__(self, x_BxTxD, state: DecodeState, reset_BxT, **kw):
     del kw
 
     def one(ds, xs):
@@ -106,8 +107,8 @@ class Policy(nnx.Module):
                                       mlp_dim=4 * cfg.d_model, sequence_layer=cfg.core, relit_eta=cfg.eta,
                                       arelit_rank=cfg.rank, gtrxl_memory=cfg.memory, dropout_rate=0.0,
                                       relit_gate_bias=cfg.gate_bias)
-      self.core = lr.GatedBlock(linear_lm.sequence_layer(model_cfg, cfg.core, rngs),
-                                cfg.d_model, 4 * cfg.d_model, rngs)
+      self.core = linrec.GatedBlock(gated_lm.sequence_layer(model_cfg, cfg.core, rngs),
+                                    cfg.d_model, 4 * cfg.d_model, rngs)
     self.pi = layers.variance_scaling(rngs, (cfg.d_model, tmaze.NUM_ACTIONS), in_axis=0, scale=0.01)
     self.v = layers.variance_scaling(rngs, (cfg.d_model, 1), in_axis=0)
 

@@ -12,7 +12,7 @@ from flax import nnx
 
 import block_recurrent as brt
 from block_recurrent import configs, ginconf
-from block_recurrent.model import linear_lm
+from block_recurrent.model import gated_lm
 import helpers
 
 KINDS = {
@@ -33,7 +33,7 @@ def _model(name):
 @pytest.mark.parametrize('name', list(KINDS))
 def test_segments_and_steps_agree(name):
   model = _model(name)
-  assert isinstance(model, linear_lm.LinearLanguageModel)
+  assert isinstance(model, gated_lm.GatedLanguageModel)
   params, apply, graphdef = brt.functional(model)
   toks = helpers.tokens(3, 2, 24)
   start = np.array([True, True])

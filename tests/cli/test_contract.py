@@ -1,19 +1,19 @@
-"""The commands' error contract beyond the bad-input table (docs/reliability.md): --debug raises, an
-unexpected exception is one line with exit 1, Ctrl-C passes through, the console scripts exit 2 after one
-line, and nothing loads data with pickle."""
+"""The commands' error contract (block_recurrent/cli/contract.py): --debug raises, an unexpected exception
+is one line with exit 1, Ctrl-C passes through, the console scripts exit 2 after one line, and the tables of
+bad inputs and bad flag values in docs/reliability.md list exactly the cases the command tests run."""
 
-import ast
 import pathlib
 import sys
 
 import pytest
 
+import bad_inputs
+import flag_values
+
 from block_recurrent import configs
 from block_recurrent.cli import info
 from block_recurrent.cli.train import main as train_main
 from block_recurrent.cli import vocab as vocab_cli
-
-REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_debug_raises_with_the_traceback(tmp_path, monkeypatch, capsys):
@@ -64,21 +64,20 @@ def test_console_entry_points_exit_2_with_one_line(entry, argv, tmp_path, monkey
   assert err.startswith('brt-') and ': error: ' in err and err.count('\n') == 1, err
 
 
-def test_no_module_loads_data_with_pickle():
-  """Checkpoints (Orbax: TensorStore arrays + JSON), data cursors (JSON) and vocabularies (SentencePiece
-  protobuf) load without pickle: no module imports it, and no np.load allows it."""
-  banned = {'pickle', 'cPickle', 'dill', 'cloudpickle', 'joblib', 'shelve', 'marshal'}
-  for path in sorted((REPO / 'block_recurrent').rglob('*.py')):
-    tree = ast.parse(path.read_text(), str(path))
-    for node in ast.walk(tree):
-      if isinstance(node, ast.Import):
-        names = [a.name.split('.')[0] for a in node.names]
-      elif isinstance(node, ast.ImportFrom):
-        names = [(node.module or '').split('.')[0]]
-      else:
-        names = []
-      assert not banned & set(names), f'{path}:{node.lineno} imports {names}'
-      if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == 'load':
-        for kw in node.keywords:
-          assert not (kw.arg == 'allow_pickle' and not (isinstance(kw.value, ast.Constant) and kw.value.value is False)), \
-              f'{path}:{node.lineno} loads with allow_pickle'
+def test_doc_table_lists_every_case_and_its_message():
+  rows = bad_inputs.doc_rows()
+  assert sorted(rows) == sorted(c.id for c in bad_inputs.CASES)
+  for case in bad_inputs.CASES:
+    assert case.fragment.replace('|', '\\|') in rows[case.id], case.id
+    assert f' | {case.status} | ' in rows[case.id], case.id
+  categories = {c.category for c in bad_inputs.CASES}
+  assert categories == {'gin', 'data', 'vocab', 'checkpoint', 'cli'} and len(bad_inputs.CASES) >= 25
+  for prog in {c.prog for c in bad_inputs.CASES + flag_values.CASES}:  # whose test file runs its cases
+    assert (pathlib.Path(__file__).parent / f'test_{prog.removeprefix("brt-")}.py').exists(), prog
+
+
+def test_doc_table_lists_every_flag_value_case():
+  rows = flag_values.doc_rows()
+  assert sorted(rows) == sorted(c.id for c in flag_values.CASES)
+  for case in flag_values.CASES:
+    assert case.fragment in rows[case.id], case.id

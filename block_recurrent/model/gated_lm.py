@@ -10,8 +10,6 @@ each layer's recurrent state (ReLiT's C and s, AReLiT's factors and counter, GTr
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,41 +17,37 @@ from flax import nnx
 
 from block_recurrent import sharding
 from block_recurrent.configs import ConfigError, ModelConfig
-from block_recurrent.model import gtrxl, layers, linear_recurrent as lr, prefill as prefill_lib
+from block_recurrent.model import gtrxl, layers, linear_recurrent as linrec, prefill as prefill_lib
+from block_recurrent.model.carry import LayerStates
 
 Array = jax.Array
-
-
-class LayerStates(NamedTuple):
-  states: tuple[Any, ...]  # per layer: ReLiTState, AReLiTState or gtrxl.CacheState (float32)
-
-  LOGICAL_AXES = {}  # a container: each layer's state declares its own axes
-
-  @property
-  def batch_size(self) -> int:
-    return jax.tree.leaves(self.states)[0].shape[0]
 
 
 def sequence_layer(cfg: ModelConfig, kind: str, rngs: nnx.Rngs):
   """The ReLiT, AReLiT or GTrXL layer of kind `kind` with the config's sizes and options."""
   d, h, hd = cfg.d_model, cfg.num_heads, cfg.head_dim
   if kind == 'relit':
-    return lr.ReLiT(d, h, hd, cfg.relit_eta, rngs, gating=cfg.relit_gating, chunk=cfg.relit_chunk,
-                    gate_bias=cfg.relit_gate_bias)
+    return linrec.ReLiT(d, h, hd, cfg.relit_eta, rngs, gating=cfg.relit_gating, chunk=cfg.relit_chunk,
+                        gate_bias=cfg.relit_gate_bias)
   if kind == 'arelit':
-    return lr.AReLiT(d, h, hd, cfg.relit_eta, cfg.arelit_rank, rngs, mode=cfg.arelit_mode,
-                     gate_bias=cfg.relit_gate_bias)
+    return linrec.AReLiT(d, h, hd, cfg.relit_eta, cfg.arelit_rank, rngs, mode=cfg.arelit_mode,
+                         gate_bias=cfg.relit_gate_bias)
   return gtrxl.GTrXLAttention(d, h, hd, cfg.gtrxl_memory, rngs, mask='step')
 
 
-class LinearLanguageModel(nnx.Module):
+class GatedLanguageModel(nnx.Module):
+  """GRU-gated blocks (linear_recurrent.GatedBlock) around ReLiT, AReLiT or GTrXL, one kind per layer."""
+
+  # The generation contract (model/prefill.py): this model's carry is its token-form state, and step()
+  # advances it one token, so generation decodes from the carry as it is.
+  STEPS_ON_CARRY = True
 
   def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
     self.config = config
     self.embed = layers.normal(rngs, (config.vocab_size, config.d_model), 1.0)
     self.kinds = tuple(config.linear_kind(i) for i in range(config.total_layers))
-    self.blocks = nnx.List([lr.GatedBlock(sequence_layer(config, kind, rngs), config.d_model, config.mlp_dim, rngs)
-                            for kind in self.kinds])
+    self.blocks = nnx.List([linrec.GatedBlock(sequence_layer(config, kind, rngs), config.d_model, config.mlp_dim,
+                                              rngs) for kind in self.kinds])
     self.final_norm = layers.RMSNorm(config.d_model)
 
   def init_carry(self, batch_size: int) -> LayerStates:
@@ -93,8 +87,6 @@ class LinearLanguageModel(nnx.Module):
     logits = jnp.einsum('btd,vd->btv', y, self.embed[...]) / layers.logit_divisor(cfg)
     return logits, LayerStates(tuple(states))
 
-  # The generation contract: model/prefill.py reads a prompt with step() when a model has one.
-
   def prefill(self, tokens_BxP: Array):
     return prefill_lib.prefill(self, tokens_BxP)
 
@@ -103,10 +95,3 @@ class LinearLanguageModel(nnx.Module):
     logits, carry = self(token_B[:, None], carry, start)
     return logits[:, 0], carry
 
-
-def build(config: ModelConfig, rngs: nnx.Rngs):
-  """The model a config describes: LanguageModel for the attention family, else LinearLanguageModel."""
-  if config.sequence_layer == 'attention':
-    from block_recurrent.model.lm import LanguageModel  # pylint: disable=import-outside-toplevel
-    return LanguageModel(config, rngs)
-  return LinearLanguageModel(config, rngs)

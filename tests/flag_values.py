@@ -1,57 +1,20 @@
-"""Bad values of the commands' flags (issue 20): each one is a single stderr line, `PROG: error: ...`, with
-exit status 2, found where the flag is read: before gin is parsed, a checkpoint restored, a process group
-joined, a vocabulary trained or a step taken (those are made to fail here, so a check that came too late
-would show as exit 1). The rows for docs/reliability.md come from BRT_FLAG_TABLE=rows.md pytest this file."""
+"""The bad flag values of docs/reliability.md's table "Flag values" (issue 20), one Case each, and the check
+every case passes: a single stderr line, `PROG: error: ...`, with exit status 2, found where the flag is
+read: before gin is parsed, a checkpoint restored, a process group joined, a vocabulary trained or a step
+taken (those are made to fail here, so a check that came too late would show as exit 1). Each command's
+test file (tests/cli/test_<command>.py) runs the cases of its program; tests/cli/test_contract.py checks
+that the table lists exactly CASES. The rows come from BRT_FLAG_TABLE=rows.md pytest tests/cli."""
 
-import argparse
 import os
-import pathlib
 from typing import Callable, NamedTuple
 
 import jax
-import pytest
 
-from helpers import MESH
+import doc_tables
+from bad_inputs import PROGRAMS, TINY, Ctx, normalise
 
-from block_recurrent import configs
-from block_recurrent.train import distributed
-from block_recurrent.cli import info
-from block_recurrent.cli.generate import _check_sampling, _check_top_k, main as generate_main
-from block_recurrent.cli.eval import main as eval_main
-from block_recurrent.cli.train import main as train_main
-from block_recurrent.train import loop, scoring
-from block_recurrent.cli import vocab as vocab_cli
 from block_recurrent.data import vocab
-
-REPO = pathlib.Path(__file__).resolve().parent.parent
-PROGRAMS = {'brt-train': train_main, 'brt-eval': eval_main, 'brt-generate': generate_main, 'brt-info': info.main,
-            'brt-vocab': vocab_cli.main}
-TINY = ['--gin_file=gin/experiments/tiny/rec_fixed_skip.gin', '--gin_file=gin/task/pg_mini_bytes.gin']
-ONE_STEP = ['configs.TrainConfig.num_steps = 1', 'configs.TrainConfig.eval_segments = 1',
-            'configs.DataConfig.batch_size = 2', *MESH]
-_TRAINED = []  # the trained run's path, for _normalise
-
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  """One tiny 1-step run (vocab_size 260), for the cases that read a workdir's config.gin."""
-  workdir = tmp_path_factory.mktemp('trained') / 'run'
-  assert train_main(TINY + [f'--gin_param={p}' for p in ONE_STEP] + [f'--workdir={workdir}']) == 0
-  _TRAINED.append(workdir)
-  return workdir
-
-
-class Ctx:
-
-  def __init__(self, tmp: pathlib.Path, request):
-    self.tmp, self._request = tmp, request
-
-  @property
-  def trained(self) -> pathlib.Path:
-    return self._request.getfixturevalue('trained')
-
-  def train(self, *flags) -> list[str]:
-    return TINY + [f'--workdir={self.tmp}/w', *flags]
+from block_recurrent.train import loop, scoring
 
 
 class Case(NamedTuple):
@@ -141,14 +104,12 @@ def _must_not_run(what: str):
   return fail
 
 
-def _normalise(text: str, tmp: pathlib.Path) -> str:
-  for path, name in [(p, '<workdir>') for p in _TRAINED] + [(tmp, '<tmp>'), (REPO, '<repo>')]:
-    text = text.replace(str(path), name)
-  return text
+def of(prog: str) -> list[Case]:
+  """The cases of one program, in the table's order."""
+  return [c for c in CASES if c.prog == prog]
 
 
-@pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])
-def test_bad_flag_value_is_one_line_and_exit_2(case, tmp_path, request, monkeypatch, capsys):
+def check(case: Case, tmp_path, request, monkeypatch, capsys) -> None:
   argv = case.argv(Ctx(tmp_path, request))  # trains the shared run first where a case reads it
   for module, name in [(loop, 'train'), (scoring, 'restore_workdir'), (jax.distributed, 'initialize'),
                        (vocab, 'train_sentencepiece')]:
@@ -164,27 +125,9 @@ def test_bad_flag_value_is_one_line_and_exit_2(case, tmp_path, request, monkeypa
   target = os.environ.get('BRT_FLAG_TABLE')
   if target:
     with open(target, 'a', encoding='utf-8') as f:
-      message = _normalise(lines[0], tmp_path).replace('|', '\\|')
+      message = normalise(lines[0], tmp_path).replace('|', '\\|')
       f.write(f'| {case.id} | cli | {case.what} | 2 | `` {message} `` |\n')
 
 
-def test_good_values_at_the_bounds_pass():
-  """The checks reject only what cannot work: the edges of each range are accepted."""
-  for address in ('localhost:1', '10.0.0.2:8476', '[::1]:65535', 'tpu-worker-0.internal:8476'):
-    distributed.check_args(address, 2, 1)
-  distributed.check_args('localhost:1234', 1, 0)
-  distributed.check_args(None, None, None)
-  distributed.check_args(auto=True)
-  for seed in (0, 2 ** 32 - 1):
-    _check_sampling(argparse.Namespace(max_new_tokens=0, temperature=0.0, top_k=0, top_p=1.0, seed=seed))
-  _check_top_k(260, configs.ModelConfig(vocab_size=260), 'run')
-  with pytest.raises(configs.ConfigError, match='--top_k 261'):
-    _check_top_k(261, configs.ModelConfig(vocab_size=260), 'run')
-
-
-def test_doc_table_lists_every_case():
-  import doc_tables
-  rows = doc_tables.rows('### Flag values')
-  assert sorted(rows) == sorted(c.id for c in CASES)
-  for case in CASES:
-    assert case.fragment in rows[case.id], case.id
+def doc_rows() -> dict[str, str]:
+  return doc_tables.rows('### Flag values')
