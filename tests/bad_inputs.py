@@ -11,6 +11,8 @@ import pathlib
 import shutil
 from typing import Callable, NamedTuple
 
+import pytest
+
 import doc_tables
 from helpers import MESH
 
@@ -317,6 +319,23 @@ def of(prog: str) -> list[Case]:
 
 def ids(cases: list) -> list[str]:
   return [c.id for c in cases]
+
+
+def command_tests(prog: str):
+  """The two tests every command's file (tests/cli/test_<command>.py) runs, over that program's cases of
+  this table and of tests/flag_values.py; a file binds them to module names starting with test_."""
+  import flag_values  # pylint: disable=import-outside-toplevel  (flag_values imports this module)
+  bad, flags = of(prog), flag_values.of(prog)
+
+  @pytest.mark.parametrize('case', bad, ids=ids(bad))
+  def test_bad_input_is_one_clear_line(case, tmp_path, request, monkeypatch, capsys, caplog):
+    check(case, tmp_path, request, monkeypatch, capsys, caplog)
+
+  @pytest.mark.parametrize('case', flags, ids=ids(flags))
+  def test_bad_flag_value_is_one_line_and_exit_2(case, tmp_path, request, monkeypatch, capsys):
+    flag_values.check(case, tmp_path, request, monkeypatch, capsys)
+
+  return test_bad_input_is_one_clear_line, test_bad_flag_value_is_one_line_and_exit_2
 
 
 def normalise(text: str, tmp: pathlib.Path) -> str:

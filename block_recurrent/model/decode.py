@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from block_recurrent.configs import ConfigError
-from block_recurrent.model import attention, carry as carry_lib, recurrent
+from block_recurrent.model import attention, blocks, carry as carry_lib, recurrent
 from block_recurrent.model.carry import DecodeState
 
 Array = jax.Array
@@ -142,7 +142,7 @@ def step_embedded(model, ds: DecodeState, x_Bx1xD: Array, start_B: Array | None 
 
 
 def run(model, ds: DecodeState, tokens_BxT: Array, start_BxT: Array | None = None):
-  """step() over T tokens with lax.scan: (logits [B, T, V], final decode state); teacher forcing."""
+  """step() over T tokens in a scan (model/blocks.py): (logits [B, T, V], final decode state); teacher forcing."""
   if start_BxT is None:
     start_BxT = jnp.zeros(jnp.shape(tokens_BxT), bool)
 
@@ -150,7 +150,6 @@ def run(model, ds: DecodeState, tokens_BxT: Array, start_BxT: Array | None = Non
     logits, d = step(model, d, xs[0], xs[1])
     return d, logits
 
-  ds, logits = jax.lax.scan(body, ds, (jnp.moveaxis(jnp.asarray(tokens_BxT), 1, 0),
-                                       jnp.moveaxis(jnp.asarray(start_BxT, bool), 1, 0)))
-  return jnp.moveaxis(logits, 0, 1), ds
+  ds, logits = blocks.scan_along(body, ds, (jnp.asarray(tokens_BxT), jnp.asarray(start_BxT, bool)), axis=1)
+  return logits, ds
 

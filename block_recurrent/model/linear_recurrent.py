@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from block_recurrent.model import layers
+from block_recurrent.model import blocks, layers
 from block_recurrent.model.carry import AReLiTState, ReLiTState
 
 Array = jax.Array
@@ -75,18 +75,10 @@ def _keep(reset_BxT: Array) -> Array:
   return (~jnp.asarray(reset_BxT, bool)).astype(jnp.float32)[:, None, :]  # [B, 1, T]
 
 
-def _time_major(phi_k, phi_q, v, beta, gamma, keep) -> tuple:
-  """The per-position inputs of a step loop with time first: [T, B, H, ...] (keep broadcast over heads)."""
+def _per_head(phi_k, phi_q, v, beta, gamma, keep) -> tuple:
+  """The per-position inputs of a step loop, [B, H, T, ...] (keep broadcast over heads)."""
   keep = jnp.broadcast_to(keep, keep.shape[:1] + (phi_k.shape[1],) + keep.shape[2:])
-  return tuple(jnp.moveaxis(t, 2, 0) for t in (phi_k, phi_q, v, beta, gamma, keep))
-
-
-def _linear_scan(decay, update, initial):
-  """h_t = decay_t * h_{t-1} + update_t along axis 2, from `initial` (no time axis), as an associative scan."""
-  def combine(a, b):
-    return a[0] * b[0], b[0] * a[1] + b[1]
-  prod, acc = jax.lax.associative_scan(combine, (decay, update), axis=2)
-  return prod * jnp.expand_dims(initial, 2) + acc
+  return phi_k, phi_q, v, beta, gamma, keep
 
 
 class ReLiT(nnx.Module):
@@ -144,16 +136,16 @@ def _relit_steps(gating, phi_k, phi_q, v, beta, gamma, keep, state):
     num = jnp.einsum('bhif,bhf->bhi', C, pq)
     return ReLiTState(C, s), num / (jnp.einsum('bhf,bhf->bh', s, pq)[..., None] + EPS)
 
-  state, o = jax.lax.scan(step, state, _time_major(phi_k, phi_q, v, beta, gamma, keep))
-  return jnp.moveaxis(o, 0, 2), state
+  state, o = blocks.scan_along(step, state, _per_head(phi_k, phi_q, v, beta, gamma, keep), axis=2)
+  return o, state
 
 
 def _relit_parallel(gating, phi_k, phi_q, v, beta, gamma, keep, state):
   """Every position's state at once (an associative scan): parallel in time, memory T * Dh * F."""
   k = keep[..., None, None]
-  C = _linear_scan(_relit_decay(gating, beta, gamma) * k, (beta * v)[..., :, None] * (gamma * phi_k)[..., None, :],
-                   state.C)
-  s = _linear_scan((1.0 - gamma) * keep[..., None], gamma * phi_k, state.s)
+  C = blocks.linear_recurrence(_relit_decay(gating, beta, gamma) * k,
+                               (beta * v)[..., :, None] * (gamma * phi_k)[..., None, :], state.C, axis=2)
+  s = blocks.linear_recurrence((1.0 - gamma) * keep[..., None], gamma * phi_k, state.s, axis=2)
   return _readout(C, s, phi_q), ReLiTState(C[:, :, -1], s[:, :, -1])
 
 
@@ -161,20 +153,17 @@ def _relit_chunked(phi_k, phi_q, v, beta, gamma, keep, state, chunk):
   """Separable gating in chunks of c positions: inside a chunk the decays are cumulative sums in log
   space and the chunk's tokens interact through a [c, c] matrix; only the state at chunk boundaries is
   materialised (and, through jax.checkpoint, stored for the backward pass)."""
-  B, H, T, Dh = v.shape
+  B, H, T = v.shape[:3]
   pad = (-T) % chunk
   if pad:  # padded positions neither decay nor write: the state passes through them unchanged
     widen = lambda t, value=0.0: jnp.pad(t, [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * (t.ndim - 3),
                                          constant_values=value)
     phi_k, phi_q, v, beta, gamma = map(widen, (phi_k, phi_q, v, beta, gamma))
     keep = widen(keep, 1.0)
-  n = (T + pad) // chunk
-  as_chunks = lambda t: jnp.moveaxis(t.reshape(t.shape[:2] + (n, chunk) + t.shape[3:]), 2, 0)
   keep = jnp.broadcast_to(keep, (B, H, T + pad))
-  xs = tuple(map(as_chunks, (phi_k, phi_q, v, beta, gamma, keep)))
+  xs = tuple(blocks.chunks(t, chunk, axis=2) for t in (phi_k, phi_q, v, beta, gamma, keep))
 
-  @jax.checkpoint
-  def one_chunk(st, xs):
+  def one_chunk(st, xs, _):
     pk, pq, v_c, b, g, k = xs  # [B, H, c, ...]
     reset = k < 0.5
     seg = jnp.cumsum(reset.astype(jnp.int32), axis=-1)  # resets up to and including each position
@@ -198,9 +187,8 @@ def _relit_chunked(phi_k, phi_q, v, beta, gamma, keep, state, chunk):
     s = EB[:, :, -1] * st.s + jnp.einsum('bhuf->bhf', DB[:, :, -1] * w)
     return ReLiTState(C, s), o
 
-  state, o = jax.lax.scan(one_chunk, state, xs)
-  o = jnp.moveaxis(o, 0, 2).reshape(B, H, T + pad, Dh)[:, :, :T]
-  return o, state
+  state, o = blocks.scan(one_chunk, state, xs, remat='full')  # only the chunk boundaries' states are stored
+  return blocks.unchunk(o, axis=2)[:, :, :T], state
 
 
 class AReLiT(nnx.Module):
@@ -266,13 +254,13 @@ def _arelit_readout(K, V, s, pq, rank):
 def _arelit_parallel(phi_k, phi_q, v, beta, gamma, keep, cos, state):
   rank = cos.shape[2]
   cos_t = jnp.moveaxis(cos, 2, 3)  # [B, 1, T, r]
-  K = _linear_scan(jnp.broadcast_to(((1.0 - gamma) * keep[..., None])[:, :, :, None, :],
-                                    phi_k.shape[:3] + (rank, phi_k.shape[-1])),
-                   cos_t[..., None] * (gamma * phi_k)[:, :, :, None, :], state.K)
-  V = _linear_scan(jnp.broadcast_to(((1.0 - beta) * keep[..., None])[:, :, :, None, :],
-                                    v.shape[:3] + (rank, v.shape[-1])),
-                   cos_t[..., None] * (beta * v)[:, :, :, None, :], state.V)
-  s = _linear_scan((1.0 - gamma) * keep[..., None], gamma * phi_k, state.s)
+  K = blocks.linear_recurrence(jnp.broadcast_to(((1.0 - gamma) * keep[..., None])[:, :, :, None, :],
+                                                phi_k.shape[:3] + (rank, phi_k.shape[-1])),
+                               cos_t[..., None] * (gamma * phi_k)[:, :, :, None, :], state.K, axis=2)
+  V = blocks.linear_recurrence(jnp.broadcast_to(((1.0 - beta) * keep[..., None])[:, :, :, None, :],
+                                                v.shape[:3] + (rank, v.shape[-1])),
+                               cos_t[..., None] * (beta * v)[:, :, :, None, :], state.V, axis=2)
+  s = blocks.linear_recurrence((1.0 - gamma) * keep[..., None], gamma * phi_k, state.s, axis=2)
   o = _arelit_readout(K, V, s, phi_q, rank)
   return o, K[:, :, -1], V[:, :, -1], s[:, :, -1]
 
@@ -292,9 +280,9 @@ def _arelit_steps(phi_k, phi_q, v, beta, gamma, keep, cos, state):
     num = jnp.einsum('bhrf,bhf,bhri->bhi', K, pq, V)
     return (K, V, s), num / (2 * rank * jnp.einsum('bhf,bhf->bh', s, pq)[..., None] + EPS)
 
-  (K, V, s), o = jax.lax.scan(step, (state.K, state.V, state.s),
-                              _time_major(phi_k, phi_q, v, beta, gamma, keep) + (jnp.moveaxis(cos, 3, 0),))
-  return jnp.moveaxis(o, 0, 2), K, V, s
+  (K, V, s), o = blocks.scan_along(step, (state.K, state.V, state.s),
+                                   _per_head(phi_k, phi_q, v, beta, gamma, keep) + (jnp.moveaxis(cos, 3, 2),), axis=2)
+  return o, K, V, s
 
 
 class GRUGate(nnx.Module):

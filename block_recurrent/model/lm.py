@@ -157,9 +157,8 @@ class LanguageModel(nnx.Module):
         return layer.segment(x, k_prev, v_prev, carry.cache_valid, layer.bias_matrix(cfg.window),
                              state=state, dropout_key=key)
 
-      if cfg.remat != 'none':
-        run = jax.checkpoint(run, policy=blocks.REMAT_POLICIES[cfg.remat])
-      x_BxNxD, k, v, s = run(x_BxNxD, carry.keys[i], carry.values[i], None if r is None else carry.states[r])
+      state = None if r is None else carry.states[r]
+      x_BxNxD, k, v, s = blocks.checkpointed(run, cfg.remat)(x_BxNxD, carry.keys[i], carry.values[i], state)
       x_BxNxD = sharding.constrain(x_BxNxD, ACTIVATIONS)
       new_k.append(k)
       new_v.append(v)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from block_recurrent.model import decode
+from block_recurrent.model import blocks, decode
 
 Array = jax.Array
 
@@ -67,12 +67,11 @@ def prefill(model, tokens_BxP: Array):
   carry = model.init_carry(batch)
   logits = jnp.zeros((batch, cfg.vocab_size), jnp.float32)
   if whole:
-    segments_SxBxN = jnp.moveaxis(tokens[:, :whole].reshape(batch, whole // n, n), 1, 0)
     first_SxB = jnp.broadcast_to((jnp.arange(whole // n) == 0)[:, None], (whole // n, batch))
 
-    def body(logits_carry, xs):
+    def body(logits_carry, xs, _):
       return segment(model, logits_carry[1], *xs), None
 
-    (logits, carry), _ = jax.lax.scan(body, (logits, carry), (segments_SxBxN, first_SxB))
+    (logits, carry), _ = blocks.scan(body, (logits, carry), (blocks.split_blocks(tokens[:, :whole], n), first_SxB))
   logits, state = rest(model, carry, logits, tokens[:, whole:], length - whole, whole)
   return (logits if length else None), state

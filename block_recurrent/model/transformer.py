@@ -102,12 +102,8 @@ class Layer(nnx.Module):
                dropout_key: Array | None = None):
     """Block form: one block of W tokens. Returns (output, this block's keys, values, new state or None)."""
     k_pre, k_attn, k_ffn = layers.split_key(dropout_key, 3)
-    batch, window = x_BxWxD.shape[:2]
     q, k, v, q2 = self._project(x_BxWxD, k_pre)
-    kw = jnp.concatenate([k_prev.astype(k.dtype), k], axis=1)
-    vw = jnp.concatenate([v_prev.astype(v.dtype), v], axis=1)
-    key_valid = jnp.concatenate([jnp.broadcast_to(prev_valid_B[:, None], (batch, window)),
-                                 jnp.ones((batch, window), bool)], axis=1)
+    kw, vw, key_valid = (t[:, 0] for t in blocks.windows(k[:, None], v[:, None], k_prev, v_prev, prev_valid_B))
     heads = [self._self_attention(q, kw, vw, key_valid, bias_HxWx2W, k_attn)]
     new_state = None
     if self.cross:
@@ -142,31 +138,22 @@ class Layer(nnx.Module):
     cfg = self.config
     k_pre, k_attn, k_ffn = layers.split_key(dropout_key, 3)
     batch, n = x_BxNxD.shape[:2]
-    window = cfg.window
-    blocks_ = n // window
     q, k, v, q2 = self._project(x_BxNxD, k_pre)
-    split = lambda t: t.reshape((batch, blocks_, window) + t.shape[2:])  # [B, T, W, ...]
-    fold = lambda t: t.reshape((batch * blocks_,) + t.shape[2:])  # [B*T, ...]
+    split = lambda t: blocks.by_block(t, cfg.window)  # [B, T, W, ...]
+    fold = lambda t: t.reshape((batch * (n // cfg.window),) + t.shape[2:])  # [B*T, ...]
     kb, vb = split(k), split(v)
-    k_before = jnp.concatenate([k_prev.astype(k.dtype)[:, None], kb[:, :-1]], axis=1)
-    v_before = jnp.concatenate([v_prev.astype(v.dtype)[:, None], vb[:, :-1]], axis=1)
-    kw = jnp.concatenate([k_before, kb], axis=2)  # [B, T, 2W, H, D]
-    vw = jnp.concatenate([v_before, vb], axis=2)
-    prev_valid = jnp.concatenate([prev_valid_B[:, None], jnp.ones((batch, blocks_ - 1), bool)], axis=1)
-    key_valid = jnp.concatenate([jnp.broadcast_to(prev_valid[..., None], (batch, blocks_, window)),
-                                 jnp.ones((batch, blocks_, window), bool)], axis=2)  # [B, T, 2W]
+    kw, vw, key_valid = blocks.windows(kb, vb, k_prev, v_prev, prev_valid_B)  # [B, T, 2W, ...]
     heads = [self._self_attention(fold(split(q)), fold(kw), fold(vw), fold(key_valid), bias_HxWx2W,
                                   k_attn).reshape(q.shape)]
     new_state = None
     if self.kind == 'recurrent':
-      def step(c, xs, _):
+      def step(c, xs):
         kw_t, vw_t, valid_t = xs
         proj = self.state.project(c)
         return self.state.update(c, proj, kw_t, vw_t, valid_t[:, None, :]), (proj.keys, proj.values)
 
-      per_block = jax.tree.map(lambda t: jnp.moveaxis(t, 1, 0), (kw, vw, key_valid))
-      new_state, (ks, vs) = blocks.scan(step, state, per_block, unroll=cfg.unroll,
-                                        scan_unroll=cfg.scan_unroll)
-      state_kv = recurrent.StateProjections(*(fold(jnp.moveaxis(t, 0, 1)) for t in (ks, vs)), None, None)
+      new_state, (ks, vs) = blocks.scan_along(step, state, (kw, vw, key_valid), axis=1, unroll=cfg.unroll,
+                                              scan_unroll=cfg.scan_unroll)
+      state_kv = recurrent.StateProjections(fold(ks), fold(vs), None, None)
       heads.append(self._cross_attention(fold(split(q2)), state_kv).reshape(q.shape))
     return self._finish(x_BxNxD, heads, k_ffn), kb[:, -1], vb[:, -1], new_state

@@ -142,7 +142,7 @@ def _train(s: Setup, model_cfg, data_cfg, train_cfg, workdir, load_dir, reset_op
   # --- setup: validation documents, the checkpointer ----------------------------------------------------
   validation = tasks.documents(data_cfg.task, 'validation', data_dir=data_cfg.data_dir, spm_path=data_cfg.spm_path,
                                process_index=jax.process_index(), process_count=jax.process_count())
-  checkpointer = ckpt_lib.Checkpointer(workdir / 'checkpoints', keep=train_cfg.keep_checkpoints,
+  checkpointer = ckpt_lib.Checkpointer(workdir_lib.checkpoints(workdir), keep=train_cfg.keep_checkpoints,
                                        every=train_cfg.checkpoint_every)
   with _closing(checkpointer):
     # --- restore: the workdir's newest checkpoint, else --load_dir's parameters, else a fresh start -------
