@@ -24,3 +24,12 @@ def test_no_module_loads_data_with_pickle():
         for kw in node.keywords:
           assert not (kw.arg == 'allow_pickle' and not (isinstance(kw.value, ast.Constant) and kw.value.value is False)), \
               f'{path}:{node.lineno} loads with allow_pickle'
+
+
+def test_every_source_folder_is_a_package_setup_installs():
+  """setup.py's find_packages finds only folders with an __init__.py: a folder without one (cli/ once)
+  works from a checkout but is missing from an installed wheel, and with it every brt-* command."""
+  import setuptools  # pylint: disable=import-outside-toplevel
+  found = set(setuptools.find_packages(str(REPO), include=['block_recurrent', 'block_recurrent.*']))
+  folders = {'.'.join(p.parent.relative_to(REPO).parts) for p in (REPO / 'block_recurrent').rglob('*.py')}
+  assert folders <= found, f'folders setup.py would not install: {sorted(folders - found)}'
