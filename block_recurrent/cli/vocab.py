@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
       path = vocab.train_sentencepiece(texts, args.vocab_size, args.output)
     except RuntimeError as e:  # SentencePiece's own checks (e.g. more pieces than the corpus can make)
-      reason = next((line.strip() for line in str(e).splitlines() if line.strip()), 'RuntimeError')
+      reason = errors.one_line(e, 1)
       reason = reason.split('] ', 1)[-1].rstrip('.')  # drop the C++ assertion that precedes the reason
       raise configs.ConfigError(f'SentencePiece training failed: {reason}: change --vocab_size or the corpus') from None
     print(f'wrote {path} ({args.vocab_size} pieces) in {time.time() - t0:.1f}s')

@@ -10,7 +10,7 @@ import re
 import time
 from typing import NamedTuple
 
-from block_recurrent import quiet
+from block_recurrent import errors, quiet
 
 os.environ.setdefault('NO_GCE_CHECK', 'true')
 
@@ -93,7 +93,7 @@ def topology_devices(name: str):
       topology = topologies.get_topology_desc(topology_name=s.topology, platform='tpu', chip_config_name=s.chip_config,
                                               chips_per_host_bounds=s.host_bounds, num_slices=1)
   except Exception as e:  # pylint: disable=broad-except
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    first = errors.one_line(e, 1)[:160]
     if 'lockfile' in first:  # libtpu allows one process at a time unless told otherwise
       raise ConfigError(f'cannot compile for TPU slice {name} now: another process holds libtpu ({first}); wait '
                         'for it to finish, or set ALLOW_MULTIPLE_LIBTPU_LOAD=1 to compile alongside it') from None
