@@ -6,7 +6,6 @@ the table's rows with BRT_RELIABILITY_TABLE=rows.md pytest tests/cli (rows in th
 
 Ctx and PROGRAMS serve tests/flag_values.py too; the trained run is conftest.py's `trained_run`."""
 
-import os
 import pathlib
 import shutil
 from typing import Callable, NamedTuple
@@ -373,15 +372,7 @@ def check(case: Case, tmp_path, request, monkeypatch, capsys, caplog) -> None:
     message = lines[-1]
     assert case.fragment in message
   assert 'Traceback' not in err
-  _record(case, normalise(message, ctx.tmp))
-
-
-def _record(case: Case, message: str) -> None:
-  target = os.environ.get('BRT_RELIABILITY_TABLE')
-  if target:
-    message = message.replace('|', '\\|')
-    with open(target, 'a', encoding='utf-8') as f:
-      f.write(f'| {case.id} | {case.category} | {case.what} | {case.status} | `` {message} `` |\n')
+  doc_tables.record(case.id, case.category, case.what, case.status, normalise(message, ctx.tmp))
 
 
 def doc_rows() -> dict[str, str]:

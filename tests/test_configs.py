@@ -236,6 +236,20 @@ LINEAR_ONLY = {'relit_eta', 'relit_chunk', 'arelit_rank', 'gtrxl_memory', 'relit
                'relit_gate_bias'}
 
 
+def _draw_fields(data, fields: dict) -> tuple[dict, list[str]]:
+  """1 to 3 of `fields` ({name: (valid strategy, invalid values)}), each given a valid or an invalid value:
+  (the keyword arguments, the names given invalid ones)."""
+  kwargs, bad = {}, []
+  for name in data.draw(st.lists(st.sampled_from(sorted(fields)), min_size=1, max_size=3, unique=True)):
+    good, invalid = fields[name]
+    if data.draw(st.booleans()):
+      kwargs[name] = data.draw(st.sampled_from(invalid))
+      bad.append(name)
+    else:
+      kwargs[name] = data.draw(good)
+  return kwargs, bad
+
+
 @fuzz(30)
 @given(kwargs=valid_model_kwargs(), data=st.data())
 @example(kwargs=dict(relative_buckets=1), data=None)  # was ZeroDivisionError in attention.distance_buckets
@@ -249,13 +263,8 @@ LINEAR_ONLY = {'relit_eta', 'relit_chunk', 'arelit_rank', 'gtrxl_memory', 'relit
 def test_any_model_config_is_accepted_and_builds_or_is_one_clear_line(kwargs, data):
   bad = []
   if data is not None:
-    for name in data.draw(st.lists(st.sampled_from(sorted(PERTURB)), min_size=1, max_size=3, unique=True)):
-      good, invalid = PERTURB[name]
-      if data.draw(st.booleans()):
-        kwargs[name] = data.draw(st.sampled_from(invalid))
-        bad.append(name)
-      else:
-        kwargs[name] = data.draw(good)
+    drawn, bad = _draw_fields(data, PERTURB)
+    kwargs.update(drawn)
   else:
     bad = ['explicit example']
   base = dict(vocab_size=7, num_layers=2, d_model=4, num_heads=1, head_dim=2, mlp_dim=4, window=2,
@@ -299,14 +308,7 @@ def test_any_data_config_is_accepted_and_batches_or_is_one_clear_line(data):
   if data is None:  # was TypeError ('>' between str and int)
     kwargs, bad = {'eval_batch_size': '4'}, ['eval_batch_size']
   else:
-    kwargs, bad = {}, []
-    for name in data.draw(st.lists(st.sampled_from(sorted(DATA_FIELDS)), min_size=1, max_size=3, unique=True)):
-      good, invalid = DATA_FIELDS[name]
-      if data.draw(st.booleans()):
-        kwargs[name] = data.draw(st.sampled_from(invalid))
-        bad.append(name)
-      else:
-        kwargs[name] = data.draw(good)
+    kwargs, bad = _draw_fields(data, DATA_FIELDS)
   cfg, error = attempt(configs.DataConfig, **kwargs)
   if bad:
     assert error is not None, (bad, kwargs)
@@ -334,14 +336,7 @@ TRAIN_FIELDS = {  # field: (valid values, invalid values); numbers only (the loo
 @fuzz(30)
 @given(data=st.data())
 def test_any_train_config_is_accepted_or_is_one_clear_line(data):
-  kwargs, bad = {}, []
-  for name in data.draw(st.lists(st.sampled_from(sorted(TRAIN_FIELDS)), min_size=1, max_size=3, unique=True)):
-    good, invalid = TRAIN_FIELDS[name]
-    if data.draw(st.booleans()):
-      kwargs[name] = data.draw(st.sampled_from(invalid))
-      bad.append(name)
-    else:
-      kwargs[name] = data.draw(good)
+  kwargs, bad = _draw_fields(data, TRAIN_FIELDS)
   cfg, error = attempt(configs.TrainConfig, **kwargs)
   assert (error is not None) == bool(bad), (bad, kwargs, error)
   if cfg is not None:

@@ -18,6 +18,8 @@ import pytest
 
 from helpers import MESH
 
+import doc_tables
+
 from block_recurrent import configs
 from block_recurrent.data import segments
 from block_recurrent.cli.train import main as train_main
@@ -158,14 +160,6 @@ def _normalise(text: str, paths: dict) -> str:
   return text
 
 
-def _record(case: Case, message: str) -> None:
-  target = os.environ.get('BRT_RELIABILITY_TABLE')
-  if target:
-    message = message.replace('|', '\\|')
-    with open(target, 'a', encoding='utf-8') as f:
-      f.write(f'| {case.id} | data | {case.what} | 2 | `` {message} `` |\n')
-
-
 def _refused(case: Case, argv: list[str], capsys, paths: dict) -> str:
   """Runs brt-train; it must exit 2 with one line, `brt-train: error: ...`, holding the case's fragment."""
   capsys.readouterr()
@@ -179,7 +173,7 @@ def _refused(case: Case, argv: list[str], capsys, paths: dict) -> str:
   assert len(lines) == 1 and lines[0].startswith('brt-train: error: '), err
   message = _normalise(lines[0], paths)
   assert case.fragment in message, message
-  _record(case, message)
+  doc_tables.record(case.id, 'data', case.what, 2, message)
   return message
 
 
@@ -230,7 +224,6 @@ def test_unreadable_file_is_named():
 
 
 def test_doc_table_lists_every_case():
-  import doc_tables
   rows = doc_tables.rows('### Training data')
   assert sorted(rows) == sorted(c.id for c in RESUME + FOLDERS)
   for case in RESUME + FOLDERS:
