@@ -7,7 +7,7 @@ FLOPs per step: results/tpu_table.{md,json}, whose table docs/tpu.md carries.
 
 Rows: every experiment in gin/experiments/paper/ at 150M, Rec:fixed:skip at 300M, 600M and 1.3B
 (gin/experiments/paper_sizes/), on each topology, as shipped; with --largest_batch, also the largest global
-batch that fits (`largest_batch`: a line through two compiles predicts it, compiles on either side prove it). Generate rows: the per-token step of the 150M
+batch that fits (`largest_batch`: the shipped batch's memory predicts it, compiles on either side prove it). Generate rows: the per-token step of the 150M
 and 1.3B Rec:fixed:skip on one v5e chip. Each compile runs in its own process (XLA's memory is returned).
 """
 
@@ -46,7 +46,8 @@ def _compile(queue, experiment, topology, step, batch):
     r = aot.compile_step(model_cfg, data_cfg, ginconf.bound(configs.TrainConfig), ginconf.bound(configs.MeshConfig),
                          topology, step)
     queue.put(dict(ok=True, rows=r.rows, peak_gib=r.peak / aot.GIB, hbm_gib=r.hbm_gib, fits=r.fits,
-                   compile_s=r.compile_seconds, xla_flops=r.xla_flops, analytic_flops=r.analytic_flops,
+                   compile_s=r.compile_seconds, xla_flops=r.xla_flops, arguments_gib=r.arguments / aot.GIB,
+                   outputs_gib=(r.outputs - r.aliased) / aot.GIB, temporaries_gib=r.temporaries / aot.GIB, analytic_flops=r.analytic_flops,
                    mesh=r.mesh, dtype=model_cfg.dtype, remat=model_cfg.remat))
   except configs.ConfigError as e:
     queue.put(dict(ok=False, rows=batch, error=str(e), fits=False))
@@ -65,10 +66,11 @@ def compile_in_process(experiment, topology, step='train', batch=0) -> dict:
 def largest_batch(experiment: str, topology: str, first: dict, record) -> int:
   """The largest global batch that fits, proved by two compiles: it fits, one step more does not.
 
-  The batch is split over the mesh's batch axes (data x fsdp), so it grows in steps of their product, and
-  per-device peak memory is close to affine in rows per device. A compile at twice the shipped batch gives
-  the line; the batch it predicts and the next step up are compiled, and the search walks a step at a
-  time from there until the boundary is seen. Every compile is recorded (largest_batch_probe)."""
+  The batch is split over the mesh's batch axes (data x fsdp), so it grows in steps of their product.
+  Per-device peak is close to affine in rows per device: the arguments and unaliased outputs stay, XLA's
+  temporaries grow with the rows. The shipped batch's compile gives both, so it predicts the boundary; the
+  predicted batch and the next step up are compiled, and the search walks a step at a time from there until
+  the boundary is seen. Every compile is recorded (largest_batch_probe)."""
   step = first['mesh'].get('data', 1) * first['mesh'].get('fsdp', 1)
   probes = {first['rows']: first}
 
@@ -79,19 +81,21 @@ def largest_batch(experiment: str, topology: str, first: dict, record) -> int:
       record(dict(r, largest_batch_probe=True))
     return probes[batch]
 
-  b1, p1 = first['rows'], first['peak_gib']
-  second = probe(2 * b1)
-  if not second['ok']:
-    return b1
-  per_step = max((second['peak_gib'] - p1) / (b1 / step), 1e-6)
-  guess = max(step, b1 + step * int((first['hbm_gib'] - p1) // per_step))
-  while probe(guess)['ok'] and probe(guess)['fits']:
-    guess += step
-  while guess > step and not (probe(guess - step)['ok'] and probe(guess - step)['fits']):
+  def fits(batch: int) -> bool:
+    return probe(batch)['ok'] and probe(batch)['fits']
+
+  fixed = first['arguments_gib'] + first['outputs_gib']
+  per_step = max(first['temporaries_gib'] / (first['rows'] / step), 1e-6)  # GiB per `step` more rows
+  guess = max(step, step * int((first['hbm_gib'] - fixed) // per_step))
+  if fits(guess):
+    while fits(guess + step):
+      guess += step
+  else:
+    while guess > step and not fits(guess - step):
+      guess -= step
     guess -= step
-  largest = guess - step
-  record(dict(probes[largest], largest_batch=largest))
-  return largest
+  record(dict(probes[guess], largest_batch=guess))
+  return guess
 
 
 def _row(r: dict) -> str:

@@ -14,7 +14,9 @@ first M tokens of the validation split, streamed through one lane with the state
 segments (the segment count is M / N, so experiments with different segment lengths N read the same
 text). Training time leaves out compilation and evaluation. --steps sets TrainConfig.num_steps (so the
 learning-rate schedule ends there); --seconds keeps each recipe's num_steps and stops every experiment
-after that much training time instead. Writes WORKDIR/compare.{md,json,png}.
+after that much training time instead. Once trained, each is scored by position in the document on the
+same validation text (train/positions.py: log-spaced buckets of tokens 0-63, 64-255, ...), and a panel
+gives each model's difference to the first per bucket. Writes WORKDIR/compare.{md,json,png}.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def run(args) -> int:
   from block_recurrent import flops  # pylint: disable=import-outside-toplevel
   from block_recurrent.diagnostics import plots  # pylint: disable=import-outside-toplevel
   from block_recurrent.api import abstract_model, count_params  # pylint: disable=import-outside-toplevel
-  from block_recurrent.train import loop  # pylint: disable=import-outside-toplevel
+  from block_recurrent.train import loop, positions, scoring  # pylint: disable=import-outside-toplevel
   experiments = _experiments(args)
   root = pathlib.Path(args.workdir)
   results = []
@@ -102,6 +104,9 @@ def run(args) -> int:
                     'steps': int(out['state'].step), 'wall_seconds': time.perf_counter() - t0,
                     'tokens_per_s': (out['train'] or {}).get('tokens_per_s'),
                     'curve': _curve(root / e.name)})
+    scored = scoring.evaluate_workdir(model_cfg, data_cfg, train_cfg, mesh_cfg, str(root / e.name), by_position=True,
+                                      max_segments=train_cfg.eval_segments, echo=lambda line: print(line, flush=True))
+    results[-1]['by_position'] = scored['by_position']
 
   headers = ['experiment', 'N / W', 'batch', 'non-embedding params', 'steps', 'training s',
              'validation bits/byte', 'vs best']
@@ -115,6 +120,9 @@ def run(args) -> int:
     seconds = r['curve'][-1].get('train_seconds', float('nan')) if r['curve'] else float('nan')
     lines.append(f'| {r["name"]} | {r["segment"]} / {r["window"]} | {r["batch"]} | {r["non_embedding_params"]:,} | '
                  f'{r["steps"]} | {seconds:.0f} | {final:.4f} | {final - best:+.4f} |')
+  lines += ['', f'Validation bits per byte by position in the document (the same {args.eval_tokens:,} tokens), each '
+            f'model against {results[0]["name"]}:', '',
+            positions.compare_table({r['name']: r['by_position'] for r in results})]
   text = '\n'.join(lines)
   print('\n' + text)
   root.mkdir(parents=True, exist_ok=True)
@@ -123,7 +131,7 @@ def run(args) -> int:
   def draw(ax):
     fig = ax.figure
     ax.remove()
-    by_step, by_time = fig.subplots(1, 2, sharey=True)
+    by_step, by_time, by_position = fig.subplots(1, 3)
     for r in results:
       xs = [c['step'] for c in r['curve']]
       ys = [c['bits_per_byte'] for c in r['curve']]
@@ -133,9 +141,17 @@ def run(args) -> int:
     by_time.set_xlabel('training time (s)')
     by_step.set_ylabel('validation bits per byte')
     by_step.legend(fontsize=7)
+    for r in results:
+      first = results[0]['by_position']
+      xs = [(b['first'] + b['last'] + 1) / 2 for b in r['by_position']]
+      by_position.plot(xs, [b['bits_per_byte'] - f['bits_per_byte'] for b, f in zip(r['by_position'], first)],
+                       'o-', ms=3, label=r['name'])
+    by_position.set_xscale('log')
+    by_position.set_xlabel('position in the document (tokens)')
+    by_position.set_ylabel(f'bits per byte - {results[0]["name"]}')
     fig.suptitle('brt-compare: validation bits per byte', fontsize=9)
 
-  plots.save(str(root / 'compare'), results, draw, figsize=(9, 3.8))
+  plots.save(str(root / 'compare'), results, draw, figsize=(13, 3.8))
   return 0
 
 

@@ -26,6 +26,12 @@ Carry = carry_lib.Carry
 
 ACTIVATIONS = ('batch', None, None)  # [B, N, d] between layers: rows split, the rest whole
 
+# brt-eval --ablate_state: what the model may carry from before the current block or segment. The recurrent
+# states restart from their learned initial value at every block or every segment. A Transformer-XL model
+# (no state, one block per segment) carries its memory in the cache, so it is dropped there instead; a
+# sliding-window model's previous block is its window, not memory, and stays.
+ABLATIONS = ('none', 'reset_each_block', 'reset_each_segment')
+
 
 class LanguageModel(nnx.Module):
 
@@ -82,32 +88,61 @@ class LanguageModel(nnx.Module):
                           f'got min {tokens.min()} max {tokens.max()}')
 
   def __call__(self, tokens_BxN: Array, carry: Carry, start_of_sequence_B: Array, *,
-               deterministic: bool = True, dropout_key: Array | None = None):
-    """Logits [B, N, V] (float32) for one segment, and the carry for the next segment."""
+               deterministic: bool = True, dropout_key: Array | None = None, ablate_state: str = 'none'):
+    """Logits [B, N, V] (float32) for one segment, and the carry for the next segment. ablate_state: one
+    of ABLATIONS (evaluation only)."""
     self.check_inputs(tokens_BxN, carry, start_of_sequence_B)
     if not deterministic and dropout_key is None:
       raise ConfigError('deterministic=False needs a dropout_key (a jax.random key)')
     x = self.embed[...].astype(jnp.dtype(self.config.dtype))[tokens_BxN]
     return self.apply_embedded(x, carry, start_of_sequence_B, dropout_key=None if deterministic
-                               else dropout_key)
+                               else dropout_key, ablate_state=ablate_state)
 
   def apply_embedded(self, x_BxNxD: Array, carry: Carry, start_of_sequence_B: Array, *,
-                     dropout_key: Array | None = None):
+                     dropout_key: Array | None = None, ablate_state: str = 'none'):
     """The model from embedded inputs on: what causality is tested through (gradients wrt x)."""
     cfg = self.config
-    dtype = jnp.dtype(cfg.dtype)
-    x = x_BxNxD.astype(dtype)
+    if ablate_state not in ABLATIONS:
+      raise ConfigError(f'ablate_state {ablate_state!r}: use one of {", ".join(ABLATIONS)}')
+    x = x_BxNxD.astype(jnp.dtype(cfg.dtype))
+    carry = self._start(carry, start_of_sequence_B, ablate_state)
+    if cfg.feedback or cfg.block_major:
+      carry, y = self._block_form(x, carry, dropout_key, fresh_state=ablate_state == 'reset_each_block')
+    else:
+      carry, y = self._segment_form(x, carry, dropout_key, fresh_state=ablate_state == 'reset_each_block')
+    return self.logits(y), carry
 
+  def _start(self, carry: Carry, start_of_sequence_B: Array, ablate_state: str = 'none') -> Carry:
+    """The carry a segment starts from: gradients stopped, rows that start a document reset."""
+    cfg = self.config
+    initial = tuple(layer.state.initial[...] for layer in self.recurrent_layers)
     carry = jax.tree.map(jax.lax.stop_gradient, carry)
-    carry = carry_lib.reset_where(carry, jnp.asarray(start_of_sequence_B, bool),
-                                  tuple(layer.state.initial[...] for layer in self.recurrent_layers),
+    carry = carry_lib.reset_where(carry, jnp.asarray(start_of_sequence_B, bool), initial,
                                   clear_all=cfg.always_clear_state, keep_cache=cfg.use_xl_cache,
                                   zero_keys_at_start=cfg.document_start_keys == 'zeros')
-    if cfg.feedback or cfg.block_major:
-      carry, y = self._block_form(x, carry, dropout_key)
-    else:
-      carry, y = self._segment_form(x, carry, dropout_key)
-    return self.logits(y), carry
+    if ablate_state == 'none':
+      return carry
+    carry = carry._replace(states=tuple(jnp.broadcast_to(init, s.shape).astype(s.dtype)
+                                        for init, s in zip(initial, carry.states)))
+    if not initial and cfg.segment_length == cfg.window:  # Transformer-XL: its memory is the cache
+      carry = carry._replace(keys=tuple(map(jnp.zeros_like, carry.keys)), values=tuple(map(jnp.zeros_like, carry.values)),
+                             cache_valid=jnp.zeros_like(carry.cache_valid))
+    return carry
+
+  def diagnostics(self, tokens_BxN: Array, carry: Carry, start_of_sequence_B: Array) -> dict:
+    """What a researcher watches in a recurrent model, from one segment (segment form, no dropout): per
+    recurrent layer i, `gate_open/layer{i}` (the mean weight the state update gives the new input),
+    `state_change/layer{i}` (|c' - c| / |c| per block) and `state_share/layer{i}` (the state's share of the
+    attention output of the layer's tokens). Empty for models without a state; feedback models (block form
+    only) are not covered."""
+    cfg = self.config
+    if not cfg.recurrent_indices or cfg.feedback:
+      return {}
+    x = self.embed[...].astype(jnp.dtype(cfg.dtype))[tokens_BxN]
+    found: dict[int, dict] = {}
+    self._segment_form(x, self._start(carry, start_of_sequence_B), None, stats=found)
+    return {f'{name}/layer{i}': value for i, layer_stats in sorted(found.items())
+            for name, value in layer_stats.items()}
 
   def logits(self, y_BxNxD: Array) -> Array:
     """Final RMSNorm and the tied output embedding: float32 logits [B, N, V]."""
@@ -115,13 +150,18 @@ class LanguageModel(nnx.Module):
     y = self.final_norm(y_BxNxD, dtype)
     return layers.product('bnd,vd->bnv', y, self.embed[...], dtype) / layers.logit_divisor(self.config)
 
-  def _block_form(self, x_BxNxD: Array, carry: Carry, dropout_key: Array | None):
-    """The whole stack block by block (the step form): what feedback needs and generation will use."""
+  def _block_form(self, x_BxNxD: Array, carry: Carry, dropout_key: Array | None, fresh_state: bool = False):
+    """The whole stack block by block (the step form): what feedback needs and generation will use.
+    fresh_state: every block starts from the learned initial states (the reset_each_block ablation)."""
     cfg = self.config
     rec = cfg.recurrent_indices
     biases = [layer.bias_matrix(cfg.window) for layer in self.layers]
+    initial = tuple(layer.state.initial[...] for layer in self.recurrent_layers)
 
     def step(c: Carry, x_BxWxD: Array, block_index: Array):
+      if fresh_state:
+        c = c._replace(states=tuple(jnp.broadcast_to(init, s.shape).astype(s.dtype)
+                                    for init, s in zip(initial, c.states)))
       key = None if dropout_key is None else jax.random.fold_in(dropout_key, block_index)
       keys = layers.split_key(key, len(self.layers))
       proj = {i: self.layers[i].state.project(c.states[r]) for r, i in enumerate(rec)}
@@ -144,8 +184,10 @@ class LanguageModel(nnx.Module):
     return blocks.run_blocks(step, carry, x_BxNxD, cfg.window, unroll=cfg.unroll,
                              scan_unroll=cfg.scan_unroll, remat=cfg.remat)
 
-  def _segment_form(self, x_BxNxD: Array, carry: Carry, dropout_key: Array | None):
-    """Layer by layer over the whole segment (see Layer.segment); equal to the block-major form."""
+  def _segment_form(self, x_BxNxD: Array, carry: Carry, dropout_key: Array | None, fresh_state: bool = False,
+                    stats: dict | None = None):
+    """Layer by layer over the whole segment (see Layer.segment); equal to the block-major form. stats: a
+    dict that gets {layer index: that layer's diagnostics} (run without remat)."""
     cfg = self.config
     rec = cfg.recurrent_indices
     keys = layers.split_key(dropout_key, len(self.layers))
@@ -153,12 +195,17 @@ class LanguageModel(nnx.Module):
     for i, layer in enumerate(self.layers):
       r = rec.index(i) if i in rec else None
 
-      def run(x, k_prev, v_prev, state, layer=layer, key=keys[i]):
+      found = {} if stats is not None and r is not None else None
+
+      def run(x, k_prev, v_prev, state, layer=layer, key=keys[i], found=found):
         return layer.segment(x, k_prev, v_prev, carry.cache_valid, layer.bias_matrix(cfg.window),
-                             state=state, dropout_key=key)
+                             state=state, dropout_key=key, fresh_state=fresh_state, stats=found)
 
       state = None if r is None else carry.states[r]
-      x_BxNxD, k, v, s = blocks.checkpointed(run, cfg.remat)(x_BxNxD, carry.keys[i], carry.values[i], state)
+      remat = cfg.remat if stats is None else 'none'
+      x_BxNxD, k, v, s = blocks.checkpointed(run, remat)(x_BxNxD, carry.keys[i], carry.values[i], state)
+      if found is not None:
+        stats[i] = found
       x_BxNxD = sharding.constrain(x_BxNxD, ACTIVATIONS)
       new_k.append(k)
       new_v.append(v)

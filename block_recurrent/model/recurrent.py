@@ -36,10 +36,14 @@ class FixedGate(nnx.Module):
   def __init__(self, d_model: int, rngs: nnx.Rngs):
     self.bias = layers.normal(rngs, (d_model,), 0.1)
 
-  def __call__(self, c: Array, z: Array, y: Array) -> Array:
+  def weights(self, y: Array):
+    """(keep, take): what c' keeps of c and takes of z."""
     del y
     g = jax.nn.sigmoid(self.bias[...])
-    return g * c + (1.0 - g) * z.astype(jnp.float32)
+    return g, 1.0 - g
+
+  def __call__(self, c: Array, z: Array, y: Array, taken: list | None = None) -> Array:
+    return _gated(self.weights(y), c, z, taken)
 
 
 class LSTMGate(nnx.Module):
@@ -49,11 +53,21 @@ class LSTMGate(nnx.Module):
     self.kernel = layers.variance_scaling(rngs, (input_dim, 2, d_model), in_axis=0, scale=0.1)
     self.bias = layers.normal(rngs, (2, d_model), 0.1)
 
-  def __call__(self, c: Array, z: Array, y: Array) -> Array:
+  def weights(self, y: Array):
+    """(keep, take) = (forget, input) gates, [B, S, d]."""
     pre = layers.product('bsy,yge->bsge', y, self.kernel[...], y.dtype) + self.bias[...]
-    forget = jax.nn.sigmoid(pre[:, :, 0] + 1.0)
-    inputs = jax.nn.sigmoid(pre[:, :, 1] - 1.0)
-    return forget * c + inputs * z.astype(jnp.float32)
+    return jax.nn.sigmoid(pre[:, :, 0] + 1.0), jax.nn.sigmoid(pre[:, :, 1] - 1.0)
+
+  def __call__(self, c: Array, z: Array, y: Array, taken: list | None = None) -> Array:
+    return _gated(self.weights(y), c, z, taken)
+
+
+def _gated(weights, c: Array, z: Array, taken: list | None) -> Array:
+  """keep * c + take * z; `taken` (a list, for the diagnostics) gets the mean of take: the gate's openness."""
+  keep, take = weights
+  if taken is not None:
+    taken.append(jnp.mean(take.astype(jnp.float32)))
+  return keep * c + take * z.astype(jnp.float32)
 
 
 def make_gate(config: ModelConfig, input_dim: int, rngs: nnx.Rngs) -> nnx.Module:
@@ -108,8 +122,9 @@ class RecurrentState(nnx.Module):
     return StateProjections(k, v, q, q2)
 
   def update(self, c_BxSxD: Array, proj: StateProjections, kw_Bx2WxHxD: Array, vw_Bx2WxHxD: Array,
-             key_mask_Bx1x2W: Array) -> Array:
-    """One block's state update; returns the new float32 state."""
+             key_mask_Bx1x2W: Array, taken: list | None = None) -> Array:
+    """One block's state update; returns the new float32 state. taken: a list that gets each gate's mean
+    openness (the diagnostics)."""
     scale_self, scale_cross = self._scales()
     a_ss = attention.attend(proj.queries, proj.keys, proj.values, scale_H=scale_self)
     a_se = attention.attend(proj.cross_queries, kw_Bx2WxHxD, vw_Bx2WxHxD, scale_H=scale_cross,
@@ -120,12 +135,12 @@ class RecurrentState(nnx.Module):
     if wiring == 'single':
       hidden = jax.nn.relu(layers.project(h_Bx2xSxHxD, self.ffn_in, 'bnshk,nhkf->bsf', dtype))
       z = jnp.tanh(layers.project(hidden, self.ffn_out, 'bsf,fd->bsd', dtype).astype(jnp.float32))
-      return self.gate(c, z, hidden)
+      return self.gate(c, z, hidden, taken)
     h_flat = h_Bx2xSxHxD.transpose(0, 2, 1, 3, 4).reshape(c.shape[0], c.shape[1], -1)
     z = layers.project(h_Bx2xSxHxD, self.out, 'bnshk,nhkd->bsd', dtype)
-    u = self.gate(c, z, h_flat)
+    u = self.gate(c, z, h_flat, taken)
     if wiring == 'skip':
       return u
     hidden = jax.nn.relu(layers.project(self.ffn_norm(u, dtype), self.ffn_in, 'bsd,df->bsf', dtype))
     z2 = layers.project(hidden, self.ffn_out, 'bsf,fd->bsd', dtype)
-    return self.gate2(u, z2, hidden)
+    return self.gate2(u, z2, hidden, taken)

@@ -126,12 +126,17 @@ class Layer(nnx.Module):
     return self._finish(x_Bx1xD, heads, None), keys, values
 
   def segment(self, x_BxNxD: Array, k_prev: Array, v_prev: Array, prev_valid_B: Array,
-              bias_HxWx2W: Array, *, state: Array | None = None, dropout_key: Array | None = None):
+              bias_HxWx2W: Array, *, state: Array | None = None, dropout_key: Array | None = None,
+              fresh_state: bool = False, stats: dict | None = None):
     """Segment form: all N/W blocks at once; only the state update runs block by block.
 
     Computes exactly what calling the block form once per block computes, with the projections, the
     token attention and the FFN batched over blocks (large matmuls) and a scan over blocks only for the
     recurrent state. Returns (output [B, N, d], last block's keys, values, final state or None).
+
+    fresh_state: every block starts from the learned initial state instead of the carried one (the
+    `reset_each_block` state ablation). stats: a dict that gets this layer's diagnostics (gate_open,
+    state_change, state_share); not under remat.
     """
     if self.kind == 'feedback':
       raise ValueError('feedback layers need the block form: the state they read changes every block')
@@ -147,13 +152,40 @@ class Layer(nnx.Module):
                                   k_attn).reshape(q.shape)]
     new_state = None
     if self.kind == 'recurrent':
+      initial = self.state.initial[...]
+
       def step(c, xs):
         kw_t, vw_t, valid_t = xs
+        if fresh_state:
+          c = jnp.broadcast_to(initial, c.shape).astype(c.dtype)
         proj = self.state.project(c)
-        return self.state.update(c, proj, kw_t, vw_t, valid_t[:, None, :]), (proj.keys, proj.values)
+        taken = [] if stats is not None else None
+        new_c = self.state.update(c, proj, kw_t, vw_t, valid_t[:, None, :], taken)
+        extra = () if stats is None else (jnp.mean(jnp.stack(taken))[None], _relative_change(c, new_c)[None])
+        return new_c, (proj.keys, proj.values) + extra
 
-      new_state, (ks, vs) = blocks.scan_along(step, state, (kw, vw, key_valid), axis=1, unroll=cfg.unroll,
-                                              scan_unroll=cfg.scan_unroll)
+      new_state, (ks, vs, *extra) = blocks.scan_along(step, state, (kw, vw, key_valid), axis=1,
+                                                      unroll=cfg.unroll, scan_unroll=cfg.scan_unroll)
+      if stats is not None:  # per block [1, T]: averaged over the segment's blocks
+        stats['gate_open'], stats['state_change'] = jnp.mean(extra[0]), jnp.mean(extra[1])
       state_kv = recurrent.StateProjections(fold(ks), fold(vs), None, None)
       heads.append(self._cross_attention(fold(split(q2)), state_kv).reshape(q.shape))
+    if stats is not None and self.cross:
+      stats['state_share'] = self.state_share(heads)
     return self._finish(x_BxNxD, heads, k_ffn), kb[:, -1], vb[:, -1], new_state
+
+  def state_share(self, heads: list[Array]) -> Array:
+    """The state's share of the attention output, averaged over tokens: |o_state| / (|o_window| +
+    |o_state|), o_* being each source's heads through its slice of the output projection. (Window and
+    state have separate softmaxes, so there is no shared attention mass to split; this is what each
+    contributes to the residual stream.)"""
+    dtype = jnp.dtype(self.config.dtype)
+    parts = layers.project(jnp.stack(heads, axis=2), self.out, 'btnhk,nhkd->btnd', dtype).astype(jnp.float32)
+    norms = jnp.sqrt(jnp.sum(parts * parts, axis=-1))  # [B, T, sources]
+    return jnp.mean(norms[..., 1] / jnp.maximum(norms[..., 0] + norms[..., 1], 1e-12))
+
+
+def _relative_change(before_BxSxD: Array, after_BxSxD: Array) -> Array:
+  """|c' - c| / |c| per row (Frobenius over states and channels), averaged over rows."""
+  delta = jnp.sqrt(jnp.sum(jnp.square(after_BxSxD - before_BxSxD), axis=(1, 2)))
+  return jnp.mean(delta / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(before_BxSxD), axis=(1, 2))), 1e-12))

@@ -24,7 +24,8 @@ from block_recurrent import configs, flops, peak as peak_lib
 from block_recurrent.data import segments, tasks
 from block_recurrent.train import checkpoint as ckpt_lib, distributed, preemption, step as step_lib, stream, summaries
 from block_recurrent.train import loop_policy as policy, workdir as workdir_lib
-from block_recurrent.train.programs import Setup, batch_arrays, eval_program, put, setup, train_program
+from block_recurrent.train.programs import (Setup, batch_arrays, diagnostics_program, eval_program, has_diagnostics, put,
+                                            setup, train_program)
 
 
 def _mfu_peak(workdir, train_cfg: configs.TrainConfig, echo) -> float:
@@ -45,20 +46,22 @@ def _mfu_peak(workdir, train_cfg: configs.TrainConfig, echo) -> float:
 
 
 def evaluate(s: Setup, eval_fn, state: step_lib.TrainState, docs, segment_length: int, max_segments: int = 0,
-             per_token: Callable | None = None, stop: Callable[[], bool] | None = None):
+             per_token: Callable | None = None, stop: Callable[[], bool] | None = None,
+             diagnose: Callable | None = None):
   """Streams whole documents through eval_batch lanes with a fresh eval carry, carried across every
   segment of every document; returns the state and the summary (bits per byte/token, ...).
 
   per_token(doc_id, first_position, targets, nll_nats) is called for each lane's real tokens of each
   segment, in order, for scoring files; memory stays that of one segment however long the documents.
   stop(): polled every segment (a preemption signal); when it holds on any process, evaluation ends early
-  and the summary says interrupted=True."""
+  and the summary says interrupted=True. diagnose(state, batch) (programs.diagnostics_program) runs on the
+  first segment, from the fresh eval carry; its scalars join the summary."""
   # A process may hold no document of a small split (one book over two hosts): it feeds padding rows.
   eval_batcher = (segments.DocumentBatcher(docs, batch_size=s.eval_batch // jax.process_count(),
                                            segment_length=segment_length, num_epochs=1) if len(docs) else iter(()))
   state = _fresh_eval_carry(state)
   lanes = s.eval_batch // jax.process_count()
-  sums, positions, interrupted = {}, [0] * lanes, False
+  sums, positions, interrupted, diagnostics = {}, [0] * lanes, False, {}
   for i in itertools.count():
     if stop is not None and distributed.any_true(stop()):
       interrupted = True
@@ -70,6 +73,8 @@ def evaluate(s: Setup, eval_fn, state: step_lib.TrainState, docs, segment_length
       batch = stream.padding_batch(lanes, segment_length)
     arrays = batch_arrays(batch)
     arrays['start'] = arrays['start'] | (i == 0)  # a fresh eval carry: every lane starts clean
+    if diagnose is not None and i == 0:
+      diagnostics = {k: float(v) for k, v in diagnose(state, put(arrays, s.eval_batch_sh)).items()}
     state, stats = eval_fn(state, put(arrays, s.eval_batch_sh))
     token_nll = stats.pop('token_nll')
     for k, v in stats.items():
@@ -86,7 +91,7 @@ def evaluate(s: Setup, eval_fn, state: step_lib.TrainState, docs, segment_length
   # Fresh again on return: the saved training state never depends on whether (or how far) an evaluation ran,
   # so a run preempted during one resumes to the uninterrupted run's state, bitwise.
   return _fresh_eval_carry(state), dict(policy.summary(sums), tokens=sums.get('tokens', 0.0),
-                                        bytes=sums.get('bytes', 0.0), interrupted=interrupted)
+                                        bytes=sums.get('bytes', 0.0), interrupted=interrupted, **diagnostics)
 
 
 def _fresh_eval_carry(state: step_lib.TrainState) -> step_lib.TrainState:
@@ -112,6 +117,7 @@ class _Env(NamedTuple):
   train_cfg: configs.TrainConfig
   train_fn: Callable
   eval_fn: Callable
+  diagnose: Callable | None  # programs.diagnostics_program, for models that have diagnostics
   batchers: dict
   validation: Any  # the validation documents
   checkpointer: ckpt_lib.Checkpointer
@@ -151,7 +157,8 @@ def _train(s: Setup, model_cfg, data_cfg, train_cfg, workdir, load_dir, reset_op
     train_fn, eval_fn = train_program(s, model_cfg, train_cfg.inject_nonfinite_steps), eval_program(s)
     peak = _mfu_peak(workdir, train_cfg, echo)
     with _closing(summaries.MetricsWriter(workdir, resumed_at=resumed_at)) as writer:
-      env = _Env(s, model_cfg, train_cfg, train_fn, eval_fn, batchers, validation, checkpointer, writer,
+      diagnose = diagnostics_program(s) if has_diagnostics(model_cfg) else None
+      env = _Env(s, model_cfg, train_cfg, train_fn, eval_fn, diagnose, batchers, validation, checkpointer, writer,
                  _TrainClock(), flops.train_flops_per_token(model_cfg), peak, echo)
       progress = _Progress(step=int(state.step), first_step=resumed_at or 0,
                            rollbacks_left=train_cfg.nonfinite_rollbacks, last_saved=int(state.step))
@@ -166,7 +173,7 @@ def _train(s: Setup, model_cfg, data_cfg, train_cfg, workdir, load_dir, reset_op
             echo(f'TrainConfig.max_train_seconds={train_cfg.max_train_seconds:g} reached after step {progress.step}')
           with env.clock.paused():
             state, ev = evaluate(s, eval_fn, state, validation, model_cfg.segment_length, train_cfg.eval_segments,
-                                 stop=signals.pending)
+                                 stop=signals.pending, diagnose=diagnose)
       if ev is not None and not ev['interrupted']:
         writer.write('validation', int(state.step), dict(ev, train_seconds=env.clock.seconds()))
   # --- report: once the metrics are flushed and the saves finished --------------------------------------
@@ -297,7 +304,7 @@ def _roll_back(env: _Env, p: _Progress, done: int):
 def _evaluate_midway(env: _Env, state, done: int, signals):
   with env.clock.paused():
     state, ev = evaluate(env.s, env.eval_fn, state, env.validation, env.model_cfg.segment_length,
-                         env.train_cfg.eval_segments, stop=signals.pending)
+                         env.train_cfg.eval_segments, stop=signals.pending, diagnose=env.diagnose)
   if not ev['interrupted']:
     env.echo(f'eval at step {done}: bits/byte {ev["bits_per_byte"]:.3f}  bits/token {ev["bits_per_token"]:.3f}')
     env.writer.write('validation', done, dict(ev, train_seconds=env.clock.seconds()))

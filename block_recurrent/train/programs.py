@@ -95,9 +95,24 @@ def train_program(s: Setup, model_cfg: configs.ModelConfig, inject_nonfinite: tu
   return jax.jit(step, in_shardings=(s.state_sh, s.batch_sh), out_shardings=(s.state_sh, None), donate_argnums=0)
 
 
-def eval_program(s: Setup):
+def eval_program(s: Setup, ablate_state: str = 'none'):
   def step(state, batch):
     with jax.sharding.use_abstract_mesh(s.mesh.abstract_mesh):
-      return step_lib.eval_step(s.graphdef, state, batch)
+      return step_lib.eval_step(s.graphdef, state, batch, ablate_state)
 
   return jax.jit(step, in_shardings=(s.state_sh, s.eval_batch_sh), out_shardings=(s.state_sh, None), donate_argnums=0)
+
+
+def has_diagnostics(model_cfg: configs.ModelConfig) -> bool:
+  """Whether the model has diagnostics to log (LanguageModel.diagnostics): a Block-Recurrent model in the
+  segment form (feedback models run block by block and are not covered)."""
+  return model_cfg.sequence_layer == 'attention' and bool(model_cfg.recurrent_indices) and not model_cfg.feedback
+
+
+def diagnostics_program(s: Setup):
+  """The jitted diagnostics step (step.diagnostics_step): scalars from one evaluation batch."""
+  def step(state, batch):
+    with jax.sharding.use_abstract_mesh(s.mesh.abstract_mesh):
+      return step_lib.diagnostics_step(s.graphdef, state, batch)
+
+  return jax.jit(step, in_shardings=(s.state_sh, s.eval_batch_sh))

@@ -9,7 +9,7 @@ import jax
 
 from block_recurrent import configs, errors
 from block_recurrent.data import tasks
-from block_recurrent.train import workdir as workdir_lib
+from block_recurrent.train import positions, workdir as workdir_lib
 from block_recurrent.train.loop import evaluate
 from block_recurrent.train.loop_policy import LN2
 from block_recurrent.train.programs import eval_program, setup
@@ -63,11 +63,17 @@ def _check_losses_file(losses_file: str) -> None:
 def evaluate_workdir(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfig,
                      train_cfg: configs.TrainConfig, mesh_cfg: configs.MeshConfig, workdir: str, *,
                      split: str = 'validation', step: int | None = None, losses_file: str | None = None,
+                     by_position: bool = False, ablate_state: str = 'none', max_segments: int = 0,
                      echo=print) -> dict:
   """brt-eval: the newest (or `step`) checkpoint of workdir scored on a whole split of data_cfg.task;
-  losses_file gets one line per token: doc_id, position, token id, loss in bits."""
+  losses_file gets one line per token: doc_id, position, token id, loss in bits. by_position: the summary
+  has 'by_position', its buckets (train/positions.py). ablate_state (lm.ABLATIONS): the split is scored a
+  second time with the state ablated, under 'ablated' (with its own 'by_position'). max_segments: score
+  only the split's first segments per lane (brt-compare's validation), 0 for all."""
   if losses_file:
     _check_losses_file(losses_file)  # before anything is restored or read
+  if ablate_state != 'none':
+    _check_ablation(model_cfg, ablate_state)
   s, step, state = restore_workdir(model_cfg, data_cfg, train_cfg, mesh_cfg, workdir, step)
   docs = tasks.documents(data_cfg.task, split, data_dir=data_cfg.data_dir, spm_path=data_cfg.spm_path,
                          process_index=jax.process_index(), process_count=jax.process_count())
@@ -85,10 +91,31 @@ def evaluate_workdir(model_cfg: configs.ModelConfig, data_cfg: configs.DataConfi
   def write(doc_id, first, targets, nll):
     out.writelines(f'{doc_id}\t{first + i}\t{t}\t{b:.5f}\n' for i, (t, b) in enumerate(zip(targets, nll / LN2)))
 
+  def score(state, ablation: str, callbacks: list):
+    buckets = positions.ByPosition(docs) if by_position else None
+    callbacks = [c for c in callbacks + [buckets] if c is not None]
+    per_token = (lambda *a: [c(*a) for c in callbacks]) if callbacks else None
+    state, ev = evaluate(s, eval_program(s, ablation), state, docs, model_cfg.segment_length, max_segments,
+                         per_token=per_token)
+    return state, dict(ev, **({'by_position': buckets.rows()} if buckets else {}))
+
   try:
-    _, ev = evaluate(s, eval_program(s), state, docs, model_cfg.segment_length,
-                     per_token=write if out is not None else None)
+    state, result = score(state, 'none', [write if out is not None else None])
   finally:
     if out is not None:
       out.close()
-  return dict(ev, step=step, documents=len(docs))
+  result = dict(result, step=step, documents=len(docs))
+  if ablate_state != 'none':
+    echo(f'scoring them again with --ablate_state={ablate_state}')
+    _, result['ablated'] = score(state, ablate_state, [])
+    result['ablated']['mode'] = ablate_state
+  return result
+
+
+def _check_ablation(model_cfg: configs.ModelConfig, mode: str) -> None:
+  from block_recurrent.model import lm  # pylint: disable=import-outside-toplevel
+  if mode not in lm.ABLATIONS[1:]:
+    raise configs.ConfigError(f'--ablate_state {mode!r}: use {" or ".join(lm.ABLATIONS[1:])}')
+  if model_cfg.sequence_layer != 'attention':
+    raise configs.ConfigError(f'--ablate_state is for Block-Recurrent, sliding-window and Transformer-XL models; '
+                              f'this run is a {model_cfg.sequence_layer} model')

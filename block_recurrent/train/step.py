@@ -87,9 +87,18 @@ def train_step(graphdef, tx: optax.GradientTransformation, schedule, state: Trai
                         opt_state=keep(opt_state, state.opt_state), carry=carry), metrics
 
 
-def eval_step(graphdef, state: TrainState, batch: dict):
-  """Scores one segment per lane with the evaluation carry; parameters and the train carry are untouched."""
+def eval_step(graphdef, state: TrainState, batch: dict, ablate_state: str = 'none'):
+  """Scores one segment per lane with the evaluation carry; parameters and the train carry are untouched.
+  ablate_state: lm.ABLATIONS (what the model may carry over; brt-eval --ablate_state)."""
   model = nnx.merge(graphdef, state.params)
-  logits, eval_carry = model(batch['inputs'], state.eval_carry, batch['start'])
+  how = {} if ablate_state == 'none' else {'ablate_state': ablate_state}
+  logits, eval_carry = model(batch['inputs'], state.eval_carry, batch['start'], **how)
   return state._replace(eval_carry=eval_carry), dict(_token_stats(logits, batch),
                                                      token_nll=token_nll(logits, batch['targets']))
+
+
+def diagnostics_step(graphdef, state: TrainState, batch: dict) -> dict:
+  """The recurrent model's diagnostics (lm.LanguageModel.diagnostics) on one segment per lane, from the
+  evaluation carry; nothing is updated."""
+  model = nnx.merge(graphdef, state.params)
+  return model.diagnostics(batch['inputs'], state.eval_carry, batch['start'])

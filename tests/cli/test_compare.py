@@ -3,6 +3,8 @@ experiments reading different data are refused with one line."""
 
 import json
 
+import pytest
+
 from block_recurrent.cli import compare
 from helpers import MESH_ARGS
 
@@ -29,6 +31,15 @@ def test_compare_trains_each_experiment_and_tabulates_validation_curves(tmp_path
     assert all(0 < c['bits_per_byte'] < 12 for c in r['curve'])
     assert all(c['tokens'] == 64 for c in r['curve'])  # the same validation text for both
   assert results[1]['non_embedding_params'] > results[0]['non_embedding_params']  # the recurrent layer
+  # The per-position panel: both models scored on the same validation tokens, by position in the document.
+  for r in results:
+    assert sum(b['tokens'] for b in r['by_position']) == r['curve'][-1]['tokens']
+    assert sum(b['bits'] for b in r['by_position']) == pytest.approx(
+        r['curve'][-1]['bits_per_byte'] * r['curve'][-1]['bytes'], rel=1e-5)
+  panel = table.split('by position in the document')[1]
+  first = results[0]['by_position'][0]
+  diff = results[1]['by_position'][0]['bits_per_byte'] - first['bits_per_byte']
+  assert f'| 0-63 | {first["tokens"]} | {first["bits_per_byte"]:.4f} | {diff:+.4f} |' in panel
 
 
 def test_compare_refuses_experiments_on_different_data_or_unnamed(tmp_path, capsys):

@@ -158,6 +158,16 @@ def test_metrics_go_to_jsonl_and_tensorboard_alike(whole):
     assert tb[(r['step'], 'grad_norm')] == pytest.approx(r['grad_norm'], rel=1e-6)
   validation = summaries.read_events(whole / 'tensorboard' / 'validation')
   assert (4, 'bits_per_byte') in {(s, t) for s, t, _ in validation}
+  # The recurrent layer's diagnostics, every evaluation: gate openness, state change, the state's share.
+  eval_rows = [r for r in rows if r['split'] == 'validation']
+  names = [k for k in eval_rows[0] if '/layer' in k]
+  (layer,) = configs.ModelConfig(**_model_fields(whole)).recurrent_indices
+  assert names == [f'{n}/layer{layer}' for n in ('gate_open', 'state_change', 'state_share')]
+  assert [r['step'] for r in eval_rows] == [2, 4]
+  tb = {(step, tag): value for step, tag, value in validation}
+  for r in eval_rows:
+    assert 0 < r[names[0]] < 1 and r[names[1]] > 0 and 0 < r[names[2]] < 1, r
+    assert all(tb[(r['step'], n)] == pytest.approx(r[n], rel=1e-6) for n in names)
 
 
 def test_brt_eval_streams_whole_documents_of_another_task(tmp_path, whole, capsys):
@@ -265,3 +275,60 @@ def test_brt_generate_streams_deterministically_and_fails_cleanly(tmp_path, whol
   shutil.copy(whole / 'config.gin', empty / 'config.gin')
   assert brt_generate([f'--workdir={empty}', '--max_new_tokens=3']) == 2
   assert 'has no checkpoint' in capsys.readouterr().err
+
+
+def _texts(folder, **texts):
+  folder.mkdir()
+  for name, text in texts.items():
+    (folder / name).write_text(text)
+  return folder
+
+
+LONG = ('It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of '
+        'foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, '
+        'it was the season of Darkness, it was the spring of hope, it was the winter of despair. ') * 2
+
+
+def test_brt_eval_by_position_buckets_add_up_to_the_whole_evaluation(tmp_path, whole, capsys):
+  folder = _texts(tmp_path / 'texts', **{'a.txt': LONG, 'b.txt': 'Call me Ishmael. ' + 'é' * 70})  # 157 bytes
+  out_json = tmp_path / 'by_position.json'
+  capsys.readouterr()
+  assert brt_eval([f'--workdir={whole}', '--split=test', '--task=text_folder_bytes', f'--data_dir={folder}',
+                   '--by_position', f'--json={out_json}']) == 0
+  out = capsys.readouterr().out
+  result = json.loads(out_json.read_text())
+  buckets = result['by_position']
+  assert [(b['first'], b['last']) for b in buckets] == [(0, 63), (64, 255), (256, 1023)]  # LONG is 574 bytes
+  assert sum(b['tokens'] for b in buckets) == result['tokens'] == len(LONG) + 157
+  assert sum(b['bytes'] for b in buckets) == result['bytes'] == result['tokens']  # a byte vocabulary
+  total_bits = result['bits_per_byte'] * result['bytes']
+  assert sum(b['bits'] for b in buckets) == pytest.approx(total_bits, rel=1e-5)
+  assert [b['tokens'] for b in buckets] == [64 + 64, 192 + 157 - 64, len(LONG) - 256]
+  for b in buckets:
+    assert b['bits_per_byte'] == pytest.approx(b['bits'] / b['bytes'])
+    assert f'{b["first"]}-{b["last"]}' in out
+  assert float(out.split('bits per byte: ')[1].split()[0]) == pytest.approx(result['bits_per_byte'], abs=1e-6)
+
+
+def test_brt_eval_ablate_state_differs_on_a_recurrent_run_and_not_on_a_sliding_window(tmp_path, whole, capsys):
+  folder = _texts(tmp_path / 'texts', **{'a.txt': LONG})
+  flags = ['--split=test', '--task=text_folder_bytes', f'--data_dir={folder}']
+  capsys.readouterr()
+  assert brt_eval([f'--workdir={whole}', *flags, '--ablate_state=reset_each_segment']) == 0
+  out = capsys.readouterr().out
+  result = json.loads((whole / 'eval' / 'test-4.json').read_text())  # the default --json
+  ablated = result['ablated']
+  assert ablated['mode'] == 'reset_each_segment' and ablated['tokens'] == result['tokens']
+  assert ablated['bits_per_byte'] != pytest.approx(result['bits_per_byte'], abs=1e-6)
+  first = result['by_position'][0], ablated['by_position'][0]  # a document's first segment starts fresh anyway
+  assert first[0]['bits'] != first[1]['bits']  # ... but 64 tokens are two segments of 32
+  assert 'reset_each_segment - normal, bits per byte by position in the document:' in out
+  # A sliding-window run has no state: the ablation is the normal evaluation, bit for bit.
+  slide = tmp_path / 'slide'
+  assert brt_train([f'--gin_file={f}' for f in ('gin/experiments/tiny/slide.gin', TINY[1])]
+                   + [f'--gin_param={p}' for p in PARAMS] + ['--gin_param=configs.TrainConfig.num_steps = 1',
+                                                            f'--workdir={slide}']) == 0
+  assert brt_eval([f'--workdir={slide}', *flags, '--ablate_state=reset_each_block', f'--json={tmp_path}/s.json']) == 0
+  result = json.loads((tmp_path / 's.json').read_text())
+  assert result['ablated']['bits_per_byte'] == result['bits_per_byte']
+  assert [b['bits'] for b in result['ablated']['by_position']] == [b['bits'] for b in result['by_position']]
