@@ -68,6 +68,12 @@ CASES = [
          '--spm_path is empty', '`brt-eval --spm_path=`'),
     Case('cli-eval-empty-losses-file', 'brt-eval', _eval('--losses_file='), '--losses_file is empty',
          '`brt-eval --losses_file=` (it wrote no losses)'),
+    Case('cli-eval-empty-json', 'brt-eval', _eval('--by_position', '--json='), '--json is empty',
+         '`brt-eval --by_position --json=`'),
+    Case('cli-eval-json-folder', 'brt-eval', lambda c: [f'--workdir={c.tmp}/run', '--by_position', f'--json={c.tmp}'],
+         'is a folder: give a file name such as', '`brt-eval --by_position --json=<a folder>`'),
+    Case('cli-eval-negative-max-segments', 'brt-eval', _eval('--max_segments=-1'),
+         '--max_segments -1: give a positive number of segments, or 0 for all', '`brt-eval --max_segments=-1`'),
     # brt-generate: before the checkpoint is restored
     Case('cli-top-k-over-vocab', 'brt-generate', lambda c: [f'--workdir={c.trained}', '--top_k=261'],
          '--top_k 261 is more than the 260 tokens of the model', '`--top_k=261` on a model of 260 tokens'),

@@ -1,7 +1,7 @@
 """`brt-eval`: scores a trained workdir's checkpoint on a whole split.
 
     brt-eval --workdir=DIR [--split=test] [--task=pg19_bytes] [--data_dir=...] [--step=N] [--losses_file=F]
-             [--by_position] [--ablate_state=reset_each_block|reset_each_segment] [--json=FILE]
+             [--by_position] [--ablate_state=reset_each_block|reset_each_segment] [--json=FILE] [--max_segments=K]
 
 --by_position adds bits per byte and per token by position in the document (log-spaced buckets: tokens 0-63,
 64-255, ...). --ablate_state scores the split a second time with the recurrent state restarted from its
@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                       help='bits per byte and per token by position in the document, in log-spaced buckets')
   parser.add_argument('--ablate_state', default='none', choices=('none', 'reset_each_block', 'reset_each_segment'),
                       help='also score with the recurrent state reset at every block or segment, and compare')
+  parser.add_argument('--max_segments', type=int, default=0,
+                      help='score only the first K segments of every evaluation lane (default 0: the whole split)')
   parser.add_argument('--json', default=None,
                       help='where --by_position / --ablate_state write their numbers (default DIR/eval/SPLIT-STEP.json)')
   parser.add_argument('--gin_param', action='append', default=[], help='extra binding, e.g. eval_batch_size')
@@ -50,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.split not in ('train', 'validation', 'test'):
       raise configs.ConfigError(f'--split {args.split!r}: use train, validation or test')
     common.check_step(args.step)
+    if args.max_segments < 0:
+      raise configs.ConfigError(f'--max_segments {args.max_segments}: give a positive number of segments, or 0 for all')
     common.check_given('--task', args.task, "a task such as pg19_bytes, or leave it out for the run's")
     common.check_given('--data_dir', args.data_dir, 'the corpus folder, or leave it out')
     common.check_given('--spm_path', args.spm_path, 'a SentencePiece model file (PREFIX.model), or leave it out')
@@ -69,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     result = scoring.evaluate_workdir(model_cfg, data_cfg, train_cfg, mesh_cfg, args.workdir, split=args.split,
                                       step=args.step, losses_file=args.losses_file,
                                       by_position=args.by_position or args.ablate_state != 'none',
-                                      ablate_state=args.ablate_state, echo=lambda line: print(line, flush=True))
+                                      ablate_state=args.ablate_state, max_segments=args.max_segments,
+                                      echo=lambda line: print(line, flush=True))
     print(f'tokens: {result["tokens"]:.0f}  bytes: {result["bytes"]:.0f}  documents: {result["documents"]}')
     print(f'bits per byte: {result["bits_per_byte"]:.6f}')
     print(f'bits per token: {result["bits_per_token"]:.6f}')
