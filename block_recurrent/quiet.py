@@ -84,4 +84,7 @@ def import_tensorflow():
     return sys.modules['tensorflow']
   with filtered_stderr():
     import tensorflow  # pylint: disable=import-outside-toplevel
+    # Its devices are looked up at the first op (the CUDA probe, 'failed call to cuInit', without a GPU):
+    # done here, inside the filter.
+    tensorflow.config.list_physical_devices()
   return tensorflow

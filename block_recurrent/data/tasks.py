@@ -30,6 +30,7 @@ with quiet.filtered_stderr():  # TensorFlow's C++ start-up notices (no CUDA here
   import seqio  # noqa: E402
   import tensorflow as tf  # noqa: E402
   import tensorflow_datasets as tfds  # noqa: E402
+  tf.config.list_physical_devices()  # its CUDA probe ('failed call to cuInit') at the first op, filtered here
 
 from block_recurrent.configs import ConfigError  # noqa: E402
 from block_recurrent.data import corpus, segments, vocab as vocab_lib  # noqa: E402
