@@ -54,6 +54,7 @@ class Point:
   optimizer: str = 'adamw'  # or 'adafactor' (the paper's: rsqrt schedule, parameter-scaled updates)
   steps: int = BASE_STEPS
   seed: int = 0
+  gate_bias: float | None = None  # ModelConfig.state_gate_bias (None: the paper's init)
 
   @property
   def segment(self) -> int:
@@ -68,6 +69,8 @@ class Point:
          f'configs.TrainConfig.checkpoint_every = {max(self.steps // 4, 1)}']
     if self.model == 'rec':
       p.append(f'configs.ModelConfig.num_states = {self.states}')
+    if self.gate_bias is not None:
+      p.append(f'configs.ModelConfig.state_gate_bias = {self.gate_bias}')
     if self.optimizer == 'adafactor':  # the paper's optimiser and schedule, warmup scaled to the run
       p += ["configs.TrainConfig.optimizer = 'adafactor'", 'configs.TrainConfig.learning_rate = 1.0',
             "configs.TrainConfig.schedule = 'rsqrt'", f'configs.TrainConfig.warmup_steps = {max(self.steps // 10, 1)}',
@@ -79,12 +82,13 @@ class Point:
 
 def grid(long: bool) -> list[Point]:
   """The default grid: the base comparison (all four models), a second seed, 4x the training, W = 32, fewer
-  states, Adafactor, and the code corpus. --long adds more states, 4x on code, and third seeds."""
+  states, a gate that starts closed (state_gate_bias = 2), Adafactor, and the code corpus. --long adds more states, 4x on code, and third seeds."""
   pts = [Point(f'base_{m}', m) for m in ('rec', 'slide', 'xl', 'xl4x')]
   pts += [Point(f'seed1_{m}', m, seed=1) for m in ('rec', 'slide')]
   pts += [Point(f'steps4x_{m}', m, steps=4 * BASE_STEPS) for m in ('rec', 'slide')]
   pts += [Point(f'w32_{m}', m, window=32) for m in ('rec', 'slide')]
   pts += [Point('states16_rec', 'rec', states=16)]
+  pts += [Point('gatebias2_rec', 'rec', gate_bias=2.0)]  # a gate that starts by keeping 88% of the state
   pts += [Point(f'adafactor_{m}', m, optimizer='adafactor') for m in ('rec', 'slide')]
   pts += [Point(f'code_{m}', m, corpus='code') for m in ('rec', 'slide')]
   if long:

@@ -49,6 +49,10 @@ class ModelConfig:
   recurrent_layers: tuple[int, ...] = ()
   num_states: int = 512
   gate: str = 'fixed'
+  # None: the paper's N(0, 0.1) init of the state gates' biases. A number v: the bias that decides how much of
+  # the state is kept per block starts at v (plus that noise): the fixed gate keeps sigmoid(v) at first, the
+  # LSTM gate's forget bias starts at v (before its +1). Not the paper's; for the recurrence studies.
+  state_gate_bias: float | None = None
   wiring: str = 'skip'
   feedback: bool = False
   always_clear_state: bool = False
@@ -115,6 +119,8 @@ class ModelConfig:
     for name in ('feedback', 'always_clear_state', 'normalize_keys', 'use_xl_cache', 'block_major', 'unroll'):
       _check(isinstance(getattr(self, name), bool),
              f'ModelConfig.{name} must be True or False, got {getattr(self, name)!r}')
+    _check(self.state_gate_bias is None or (_is_number(self.state_gate_bias) and math.isfinite(self.state_gate_bias)),
+           f'ModelConfig.state_gate_bias must be None or a finite number, got {self.state_gate_bias!r}')
     _check(_is_number(self.dropout_rate) and 0.0 <= self.dropout_rate < 1.0,
            f'ModelConfig.dropout_rate must be a number in [0, 1), got {self.dropout_rate!r}')
     # T5's buckets: half exact, half log-spaced from relative_buckets // 2 up to relative_max_distance.

@@ -173,6 +173,7 @@ def valid_model_kwargs(draw, kind: str | None = None) -> dict:
             num_states=draw(st.integers(1, 3)), relative_buckets=buckets,
             relative_max_distance=draw(st.integers(buckets // 2 + 1, 40)),
             gate=draw(st.sampled_from(configs.GATES)), wiring=draw(st.sampled_from(configs.WIRINGS)),
+            state_gate_bias=draw(st.one_of(st.none(), st.floats(-4, 4))),
             normalize_keys=draw(boolean), use_xl_cache=draw(boolean), dtype=draw(st.sampled_from(configs.DTYPES)),
             remat=draw(st.sampled_from(configs.REMAT_POLICIES)), block_major=draw(boolean), unroll=draw(boolean),
             scan_unroll=draw(st.integers(1, 3)), sequence_layer=kind)
@@ -230,6 +231,7 @@ PERTURB = {  # field: (valid values, invalid values)
     **{name: (st.booleans(), ['False', 'yes', None, 0, 1]) for name in (
         'feedback', 'always_clear_state', 'normalize_keys', 'use_xl_cache', 'block_major', 'unroll')},
     'relit_gate_bias': (st.one_of(st.none(), st.floats(-4, 4)), [math.nan, math.inf, -math.inf, 'x', True]),
+    'state_gate_bias': (st.one_of(st.none(), st.floats(-4, 4)), [math.nan, math.inf, -math.inf, 'x', True]),
     'dropout_rate': (st.sampled_from([0.0, 0, 0.1, 0.5]), [-0.1, 1.0, 1.5, math.nan, None, '0.1', True]),
 }
 LINEAR_ONLY = {'relit_eta', 'relit_chunk', 'arelit_rank', 'gtrxl_memory', 'relit_gating', 'arelit_mode',

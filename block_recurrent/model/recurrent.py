@@ -33,8 +33,10 @@ class StateProjections(NamedTuple):
 class FixedGate(nnx.Module):
   """c' = g*c + (1-g)*z with g = sigmoid(b): a learned per-channel moving average over blocks."""
 
-  def __init__(self, d_model: int, rngs: nnx.Rngs):
+  def __init__(self, d_model: int, rngs: nnx.Rngs, keep_bias: float | None = None):
     self.bias = layers.normal(rngs, (d_model,), 0.1)
+    if keep_bias is not None:  # ModelConfig.state_gate_bias
+      self.bias[...] = self.bias[...] + keep_bias
 
   def weights(self, y: Array):
     """(keep, take): what c' keeps of c and takes of z."""
@@ -49,9 +51,11 @@ class FixedGate(nnx.Module):
 class LSTMGate(nnx.Module):
   """c' = f*c + i*z, f = sigmoid(W_f y + b_f + 1), i = sigmoid(W_i y + b_i - 1)."""
 
-  def __init__(self, d_model: int, input_dim: int, rngs: nnx.Rngs):
+  def __init__(self, d_model: int, input_dim: int, rngs: nnx.Rngs, keep_bias: float | None = None):
     self.kernel = layers.variance_scaling(rngs, (input_dim, 2, d_model), in_axis=0, scale=0.1)
     self.bias = layers.normal(rngs, (2, d_model), 0.1)
+    if keep_bias is not None:  # ModelConfig.state_gate_bias: the forget half
+      self.bias[...] = self.bias[...].at[0].add(keep_bias)
 
   def weights(self, y: Array):
     """(keep, take) = (forget, input) gates, [B, S, d]."""
@@ -72,8 +76,8 @@ def _gated(weights, c: Array, z: Array, taken: list | None) -> Array:
 
 def make_gate(config: ModelConfig, input_dim: int, rngs: nnx.Rngs) -> nnx.Module:
   if config.gate == 'fixed':
-    return FixedGate(config.d_model, rngs)
-  return LSTMGate(config.d_model, input_dim, rngs)
+    return FixedGate(config.d_model, rngs, config.state_gate_bias)
+  return LSTMGate(config.d_model, input_dim, rngs, config.state_gate_bias)
 
 
 class RecurrentState(nnx.Module):

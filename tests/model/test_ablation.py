@@ -97,3 +97,19 @@ def test_diagnostics_measure_the_gate_the_state_change_and_the_state_share():
   shut = {k: float(v) for k, v in model.diagnostics(toks, carry, go_on).items()}
   assert shut[f'gate_open/layer{layer}'] < 1e-12 and shut[f'state_change/layer{layer}'] < 1e-6
   assert _model('slide')[1].diagnostics(toks, carry, go_on) == {}  # nothing to watch without a state
+
+
+def test_state_gate_bias_sets_how_much_of_the_state_the_gates_keep_at_first():
+  for gate in ('fixed', 'lstm'):
+    cfg, model = _model('rec_fixed_skip', gate=gate, state_gate_bias=2.0)
+    _, paper = _model('rec_fixed_skip', gate=gate)
+    bias, paper_bias = model.layers[cfg.recurrent_indices[0]].state.gate.bias[...], \
+        paper.layers[cfg.recurrent_indices[0]].state.gate.bias[...]
+    keep = bias if gate == 'fixed' else bias[0]
+    assert abs(float(jnp.mean(keep)) - 2.0) < 0.1 and abs(float(jnp.mean(paper_bias))) < 0.1
+    if gate == 'lstm':  # the input gate's bias is left as the paper's
+      assert abs(float(jnp.mean(bias[1]))) < 0.1
+  carry, toks, go_on = _carried(model, cfg), helpers.tokens(2, 2, cfg.segment_length), jnp.zeros((2,), bool)
+  cfg, model = _model('rec_fixed_skip', state_gate_bias=2.0)
+  opened = float(model.diagnostics(toks, _carried(model, cfg), go_on)[f'gate_open/layer{cfg.recurrent_indices[0]}'])
+  assert opened == pytest.approx(1 - float(jax.nn.sigmoid(2.0)), abs=0.02)
