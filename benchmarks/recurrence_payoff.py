@@ -166,6 +166,11 @@ def run_point(pt: Point, root: pathlib.Path, code_dir: str, eval_tokens: int) ->
   return result
 
 
+def _gate_open(r: dict) -> str:
+  values = [v for k, v in r.get('diagnostics', {}).items() if k.startswith('gate_open/')]
+  return ', '.join(f'{v:.3f}' for v in values) or '-'
+
+
 def report(results: list[dict], out: pathlib.Path, eval_tokens: int) -> None:
   """results/recurrence_payoff.md: one row per point, Slide's row of the same setting as the reference."""
   import common  # pylint: disable=import-outside-toplevel
@@ -174,15 +179,16 @@ def report(results: list[dict], out: pathlib.Path, eval_tokens: int) -> None:
            f'Validation bits per byte on the first {eval_tokens:,} tokens of the validation split (one lane). '
            '"vs Slide": the difference to the Slide point of the same setting (negative: better than Slide). '
            'Gaps: bits per byte with the state reset at every segment / every block, minus the normal.', '',
+           'Gate open: the mean weight the state update gives the new input, at the last evaluation.', '',
            '| point | model | corpus | W | N | S | optimiser | steps | seed | bits/byte | vs Slide | gap (segment) '
-           '| gap (block) | training s |', '|' + '---|' * 14]
+           '| gap (block) | gate open | brt-train s |', '|' + '---|' * 15]
   for r in results:
     twin = by_name.get(r['name'].rsplit('_', 1)[0] + '_slide') or by_name.get('base_slide')  # states16: base's
     vs = f'{r["bits_per_byte"] - twin["bits_per_byte"]:+.4f}' if twin and twin is not r else ''
     lines.append(f'| {r["name"]} | {r["label"]} | {r["corpus"]} | {r["window"]} | {r["segment"]} | '
                  f'{r["states"] if r["model"] == "rec" else "-"} | {r["optimizer"]} | {r["steps"]} | {r["seed"]} | '
                  f'{r["bits_per_byte"]:.4f} | {vs} | {r["gap_segment"]:+.4f} | {r["gap_block"]:+.4f} | '
-                 f'{r["train_seconds"]:.0f} |')
+                 f'{_gate_open(r)} | {r["train_seconds"]:.0f} |')
   pairs = [(r, by_name.get(r['name'][:-len('_rec')] + '_slide')) for r in results if r['model'] == 'rec']
   pairs = [(a, b) for a, b in pairs if b]
   if pairs:
