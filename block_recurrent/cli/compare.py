@@ -83,11 +83,32 @@ def _curve(workdir: pathlib.Path) -> list[dict]:
   return [by_step[k] for k in sorted(by_step)]
 
 
+def _table(results: list[dict], experiments: list[Experiment], args) -> list[str]:
+  """compare.md's lines: the final bits per byte of each experiment, then the per-position panel."""
+  from block_recurrent.train import positions  # pylint: disable=import-outside-toplevel
+  headers = ['experiment', 'N / W', 'batch', 'non-embedding params', 'steps', 'training s',
+             'validation bits/byte', 'vs best']
+  finals = [r['curve'][-1]['bits_per_byte'] if r['curve'] else float('nan') for r in results]
+  best = min(finals)
+  lines = [f'brt-compare: {len(results)} experiments on {experiments[0].configs[1].task}, validation = the first '
+           f'{args.eval_tokens:,} tokens of the validation split; '
+           + (f'{args.seconds:g} s of training each' if args.seconds is not None else f'{results[0]["steps"]} steps each'),
+           '', '| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
+  for r, final in zip(results, finals):
+    seconds = r['curve'][-1].get('train_seconds', float('nan')) if r['curve'] else float('nan')
+    lines.append(f'| {r["name"]} | {r["segment"]} / {r["window"]} | {r["batch"]} | {r["non_embedding_params"]:,} | '
+                 f'{r["steps"]} | {seconds:.0f} | {final:.4f} | {final - best:+.4f} |')
+  lines += ['', f'Validation bits per byte by position in the document (the same {args.eval_tokens:,} tokens), each '
+            f'model against {results[0]["name"]}:', '',
+            positions.compare_table({r['name']: r['by_position'] for r in results})]
+  return lines
+
+
 def run(args) -> int:
   from block_recurrent import flops  # pylint: disable=import-outside-toplevel
   from block_recurrent.diagnostics import plots  # pylint: disable=import-outside-toplevel
   from block_recurrent.api import abstract_model, count_params  # pylint: disable=import-outside-toplevel
-  from block_recurrent.train import loop, positions, scoring  # pylint: disable=import-outside-toplevel
+  from block_recurrent.train import loop, scoring  # pylint: disable=import-outside-toplevel
   experiments = _experiments(args)
   root = pathlib.Path(args.workdir)
   results = []
@@ -108,21 +129,7 @@ def run(args) -> int:
                                       max_segments=train_cfg.eval_segments, echo=lambda line: print(line, flush=True))
     results[-1]['by_position'] = scored['by_position']
 
-  headers = ['experiment', 'N / W', 'batch', 'non-embedding params', 'steps', 'training s',
-             'validation bits/byte', 'vs best']
-  finals = [r['curve'][-1]['bits_per_byte'] if r['curve'] else float('nan') for r in results]
-  best = min(finals)
-  lines = [f'brt-compare: {len(results)} experiments on {experiments[0].configs[1].task}, validation = the first '
-           f'{args.eval_tokens:,} tokens of the validation split; '
-           + (f'{args.seconds:g} s of training each' if args.seconds is not None else f'{results[0]["steps"]} steps each'),
-           '', '| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
-  for r, final in zip(results, finals):
-    seconds = r['curve'][-1].get('train_seconds', float('nan')) if r['curve'] else float('nan')
-    lines.append(f'| {r["name"]} | {r["segment"]} / {r["window"]} | {r["batch"]} | {r["non_embedding_params"]:,} | '
-                 f'{r["steps"]} | {seconds:.0f} | {final:.4f} | {final - best:+.4f} |')
-  lines += ['', f'Validation bits per byte by position in the document (the same {args.eval_tokens:,} tokens), each '
-            f'model against {results[0]["name"]}:', '',
-            positions.compare_table({r['name']: r['by_position'] for r in results})]
+  lines = _table(results, experiments, args)
   text = '\n'.join(lines)
   print('\n' + text)
   root.mkdir(parents=True, exist_ok=True)

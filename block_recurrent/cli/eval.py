@@ -21,13 +21,8 @@ os.environ.setdefault('NO_GCE_CHECK', 'true')
 from block_recurrent.cli import common, contract
 
 
-def main(argv: list[str] | None = None) -> int:
-  """brt-eval: scores a trained workdir's checkpoint on a whole split, carrying the state through every
-  segment of every document; prints `bits per byte: X` and `bits per token: X`."""
-  import dataclasses
-
-  from block_recurrent import configs
-  parser = argparse.ArgumentParser(prog='brt-eval', description=main.__doc__.splitlines()[0])
+def _parser(description: str) -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog='brt-eval', description=description)
   parser.add_argument('--workdir', required=True, help='a brt-train workdir (its config.gin and checkpoints)')
   parser.add_argument('--split', default='validation', help='train, validation or test')
   parser.add_argument('--task', default=None, help="another registered task, e.g. pg19_bytes (default: the run's)")
@@ -45,6 +40,16 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--json', default=None,
                       help='where --by_position / --ablate_state write their numbers (default DIR/eval/SPLIT-STEP.json)')
   parser.add_argument('--gin_param', action='append', default=[], help='extra binding, e.g. eval_batch_size')
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  """brt-eval: scores a trained workdir's checkpoint on a whole split, carrying the state through every
+  segment of every document; prints `bits per byte: X` and `bits per token: X`."""
+  import dataclasses
+
+  from block_recurrent import configs
+  parser = _parser(main.__doc__.splitlines()[0])
   contract.add_debug_flag(parser)
   args = parser.parse_args(argv)
 
