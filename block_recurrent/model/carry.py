@@ -105,6 +105,12 @@ def zeros_cache(num_layers: int, batch: int, window: int, heads: int, head_dim: 
   return zeros, zeros
 
 
+def with_initial_states(carry: Carry, initial_states: tuple[Array, ...]) -> Carry:
+  """carry with every row's recurrent states set to the learned initial ones (the state ablations)."""
+  return carry._replace(states=tuple(jnp.broadcast_to(init_SxD, s.shape).astype(s.dtype)
+                                     for init_SxD, s in zip(initial_states, carry.states)))
+
+
 def reset_where(carry: Carry, start_B: Array, initial_states: tuple[Array, ...], *, clear_all: bool,
                 keep_cache: bool, zero_keys_at_start: bool = False) -> Carry:
   """Rows flagged start_of_sequence forget the previous document: the state becomes the learned initial

@@ -122,8 +122,7 @@ class LanguageModel(nnx.Module):
                                   zero_keys_at_start=cfg.document_start_keys == 'zeros')
     if ablate_state == 'none':
       return carry
-    carry = carry._replace(states=tuple(jnp.broadcast_to(init, s.shape).astype(s.dtype)
-                                        for init, s in zip(initial, carry.states)))
+    carry = carry_lib.with_initial_states(carry, initial)
     if not initial and cfg.segment_length == cfg.window:  # Transformer-XL: its memory is the cache
       carry = carry._replace(keys=tuple(map(jnp.zeros_like, carry.keys)), values=tuple(map(jnp.zeros_like, carry.values)),
                              cache_valid=jnp.zeros_like(carry.cache_valid))
@@ -160,8 +159,7 @@ class LanguageModel(nnx.Module):
 
     def step(c: Carry, x_BxWxD: Array, block_index: Array):
       if fresh_state:
-        c = c._replace(states=tuple(jnp.broadcast_to(init, s.shape).astype(s.dtype)
-                                    for init, s in zip(initial, c.states)))
+        c = carry_lib.with_initial_states(c, initial)
       key = None if dropout_key is None else jax.random.fold_in(dropout_key, block_index)
       keys = layers.split_key(key, len(self.layers))
       proj = {i: self.layers[i].state.project(c.states[r]) for r, i in enumerate(rec)}
