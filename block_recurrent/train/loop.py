@@ -246,13 +246,14 @@ def _loop(env: _Env, p: _Progress, state, signals):
       continue
     # --- evaluate -----------------------------------------------------------------------------------
     if policy.eval_due(done, train_cfg):
-      state = _evaluate_midway(env, state, done, signals)
+      state = _evaluate_midway(env, p, state, done, signals)
     # --- checkpoint, then stop if asked ---------------------------------------------------------------
     over_time = policy.over_time(env.clock.seconds(), train_cfg.max_train_seconds)
     stop = distributed.any_true(signals.pending() or over_time)
     save, force = policy.save_due(done, train_cfg, p.skips_in_row, stop)
     if save:
-      env.checkpointer.save(done, state, stream.cursor(env.batchers), force=force)
+      with _untimed(p):
+        env.checkpointer.save(done, state, stream.cursor(env.batchers), force=force)
       p.last_saved = done
     p.step = done
     if stop:  # every process agrees on why: a signal anywhere is a preemption
@@ -301,8 +302,19 @@ def _roll_back(env: _Env, p: _Progress, done: int):
   return state
 
 
-def _evaluate_midway(env: _Env, state, done: int, signals):
-  with env.clock.paused():
+@contextlib.contextmanager
+def _untimed(p: _Progress):
+  """Time that is not training (an evaluation, a checkpoint save) is left out of the log interval's
+  tokens/s: the interval's start moves on by as much."""
+  t = time.perf_counter()
+  try:
+    yield
+  finally:
+    p.t_log += time.perf_counter() - t
+
+
+def _evaluate_midway(env: _Env, p: _Progress, state, done: int, signals):
+  with env.clock.paused(), _untimed(p):
     state, ev = evaluate(env.s, env.eval_fn, state, env.validation, env.model_cfg.segment_length,
                          env.train_cfg.eval_segments, stop=signals.pending, diagnose=env.diagnose)
   if not ev['interrupted']:

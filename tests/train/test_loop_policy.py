@@ -2,6 +2,7 @@
 a log interval sums and reports, when the loop logs, evaluates and saves, and the non-finite policy."""
 
 import math
+import time
 
 import pytest
 
@@ -54,6 +55,23 @@ def test_tokens_per_second_corrects_for_the_untimed_and_the_skipped_tokens():
   assert policy.tokens_per_second({'tokens': 100.0}, -20.0, 2.0) == pytest.approx(40.0)
   assert policy.tokens_per_second({}, 30.0, 3.0) == pytest.approx(10.0)  # every step skipped
   assert policy.tokens_per_second({'tokens': 1.0}, 0.0, 0.0) == pytest.approx(1e9)  # no division by zero
+
+
+def test_evaluation_and_saving_time_stay_out_of_the_interval_rate_and_evaluation_out_of_the_clock():
+  # The loop wraps a midway evaluation in both, a checkpoint save in _untimed: the next log interval's
+  # tokens/s counts only training (a save used to show as a dip in the interval after it).
+  from block_recurrent.train import loop  # pylint: disable=import-outside-toplevel
+  progress, clock = loop._Progress(step=0, first_step=0, rollbacks_left=0, last_saved=0), loop._TrainClock()
+  clock.start()
+  progress.t_log = time.perf_counter()
+  with clock.paused(), loop._untimed(progress):
+    time.sleep(0.3)
+  assert time.perf_counter() - progress.t_log < 0.1
+  assert clock.seconds() < 0.1
+  with loop._untimed(progress):
+    time.sleep(0.3)
+  assert time.perf_counter() - progress.t_log < 0.1
+  assert clock.seconds() >= 0.3
 
 
 def test_train_row_has_mfu_and_the_loss_only_when_some_step_counted():
