@@ -171,6 +171,12 @@ def _gate_open(r: dict) -> str:
   return ', '.join(f'{v:.3f}' for v in values) or '-'
 
 
+def _same_setting(r: dict, slide: dict | None) -> dict | None:
+  """base_slide, for a Rec point that differs from base_rec only on the state side (states16, gatebias2)."""
+  keys = ('corpus', 'window', 'optimizer', 'steps', 'seed')
+  return slide if slide and all(r[k] == slide[k] for k in keys) else None
+
+
 def report(results: list[dict], out: pathlib.Path, eval_tokens: int) -> None:
   """results/recurrence_payoff.md: one row per point, Slide's row of the same setting as the reference."""
   import common  # pylint: disable=import-outside-toplevel
@@ -183,7 +189,7 @@ def report(results: list[dict], out: pathlib.Path, eval_tokens: int) -> None:
            '| point | model | corpus | W | N | S | optimiser | steps | seed | bits/byte | vs Slide | gap (segment) '
            '| gap (block) | gate open | brt-train s |', '|' + '---|' * 15]
   for r in results:
-    twin = by_name.get(r['name'].rsplit('_', 1)[0] + '_slide') or by_name.get('base_slide')  # states16: base's
+    twin = by_name.get(r['name'].rsplit('_', 1)[0] + '_slide') or _same_setting(r, by_name.get('base_slide'))
     vs = f'{r["bits_per_byte"] - twin["bits_per_byte"]:+.4f}' if twin and twin is not r else ''
     lines.append(f'| {r["name"]} | {r["label"]} | {r["corpus"]} | {r["window"]} | {r["segment"]} | '
                  f'{r["states"] if r["model"] == "rec" else "-"} | {r["optimizer"]} | {r["steps"]} | {r["seed"]} | '
