@@ -55,6 +55,7 @@ class Point:
   steps: int = BASE_STEPS
   seed: int = 0
   gate_bias: float | None = None  # ModelConfig.state_gate_bias (None: the paper's init)
+  rec_layer: int = -3  # ModelConfig.recurrent_layers: the paper's -3 is the 2nd of our 4 layers
 
   @property
   def segment(self) -> int:
@@ -69,6 +70,8 @@ class Point:
          f'configs.TrainConfig.checkpoint_every = {max(self.steps // 4, 1)}']
     if self.model == 'rec':
       p.append(f'configs.ModelConfig.num_states = {self.states}')
+    if self.model == 'rec' and self.rec_layer != -3:
+      p.append(f'configs.ModelConfig.recurrent_layers = ({self.rec_layer},)')
     if self.gate_bias is not None:
       p.append(f'configs.ModelConfig.state_gate_bias = {self.gate_bias}')
     if self.optimizer == 'adafactor':  # the paper's optimiser and schedule, warmup scaled to the run
@@ -82,13 +85,14 @@ class Point:
 
 def grid(long: bool) -> list[Point]:
   """The default grid: the base comparison (all four models), a second seed, 4x the training, W = 32, fewer
-  states, a gate that starts closed (state_gate_bias = 2), Adafactor, and the code corpus. --long adds more states, 4x on code, and third seeds."""
+  states, a gate that starts closed (state_gate_bias = 2), the recurrent layer one higher, Adafactor, and the code corpus. --long adds more states, 4x on code, and third seeds."""
   pts = [Point(f'base_{m}', m) for m in ('rec', 'slide', 'xl', 'xl4x')]
   pts += [Point(f'seed1_{m}', m, seed=1) for m in ('rec', 'slide')]
   pts += [Point(f'steps4x_{m}', m, steps=4 * BASE_STEPS) for m in ('rec', 'slide')]
   pts += [Point(f'w32_{m}', m, window=32) for m in ('rec', 'slide')]
   pts += [Point('states16_rec', 'rec', states=16)]
   pts += [Point('gatebias2_rec', 'rec', gate_bias=2.0)]  # a gate that starts by keeping 88% of the state
+  pts += [Point('layer2_rec', 'rec', rec_layer=2)]  # two layers below the state, one above (paper: 9 and 2)
   pts += [Point(f'adafactor_{m}', m, optimizer='adafactor') for m in ('rec', 'slide')]
   pts += [Point(f'code_{m}', m, corpus='code') for m in ('rec', 'slide')]
   if long:
