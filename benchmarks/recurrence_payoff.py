@@ -85,7 +85,7 @@ class Point:
 
 def grid(long: bool) -> list[Point]:
   """The default grid: the base comparison (all four models), a second seed, 4x the training, W = 32, fewer
-  states, a gate that starts closed (state_gate_bias = 2), the recurrent layer one higher, Adafactor, and the code corpus. --long adds more states, 4x on code, and third seeds."""
+  states, a gate that starts closed (state_gate_bias = 2), the recurrent layer one higher, Adafactor, and the code corpus at two seeds. --long adds more states, 4x on code, and third seeds."""
   pts = [Point(f'base_{m}', m) for m in ('rec', 'slide', 'xl', 'xl4x')]
   pts += [Point(f'seed1_{m}', m, seed=1) for m in ('rec', 'slide')]
   pts += [Point(f'steps4x_{m}', m, steps=4 * BASE_STEPS) for m in ('rec', 'slide')]
@@ -95,6 +95,7 @@ def grid(long: bool) -> list[Point]:
   pts += [Point('layer2_rec', 'rec', rec_layer=2)]  # two layers below the state, one above (paper: 9 and 2)
   pts += [Point(f'adafactor_{m}', m, optimizer='adafactor') for m in ('rec', 'slide')]
   pts += [Point(f'code_{m}', m, corpus='code') for m in ('rec', 'slide')]
+  pts += [Point(f'code_seed1_{m}', m, corpus='code', seed=1) for m in ('rec', 'slide')]  # code decides: 2 seeds
   if long:
     pts += [Point('states256_rec', 'rec', states=256)]
     pts += [Point(f'code_steps4x_{m}', m, corpus='code', steps=4 * BASE_STEPS) for m in ('rec', 'slide')]
