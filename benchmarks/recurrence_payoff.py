@@ -55,7 +55,7 @@ class Point:
   steps: int = BASE_STEPS
   seed: int = 0
   gate_bias: float | None = None  # ModelConfig.state_gate_bias (None: the paper's init)
-  rec_layer: int = -3  # ModelConfig.recurrent_layers: the paper's -3 is the 2nd of our 4 layers
+  rec_layer: int | None = None  # ModelConfig.recurrent_layers (None: the paper's -3, the 2nd of our 4 layers)
 
   @property
   def segment(self) -> int:
@@ -70,7 +70,7 @@ class Point:
          f'configs.TrainConfig.checkpoint_every = {max(self.steps // 4, 1)}']
     if self.model == 'rec':
       p.append(f'configs.ModelConfig.num_states = {self.states}')
-    if self.model == 'rec' and self.rec_layer != -3:
+    if self.model == 'rec' and self.rec_layer is not None:
       p.append(f'configs.ModelConfig.recurrent_layers = ({self.rec_layer},)')
     if self.gate_bias is not None:
       p.append(f'configs.ModelConfig.state_gate_bias = {self.gate_bias}')
@@ -85,7 +85,8 @@ class Point:
 
 def grid(long: bool) -> list[Point]:
   """The default grid: the base comparison (all four models), a second seed, 4x the training, W = 32, fewer
-  states, a gate that starts closed (state_gate_bias = 2), the recurrent layer one higher, Adafactor, and the code corpus at two seeds. --long adds more states, 4x on code, and third seeds."""
+  states, a gate that starts closed (state_gate_bias = 2), the recurrent layer one higher, Adafactor, and the code corpus at two seeds.
+  --long adds 256 states, 4x on code, third seeds, and a second seed and W = 32 at 4x the training."""
   pts = [Point(f'base_{m}', m) for m in ('rec', 'slide', 'xl', 'xl4x')]
   pts += [Point(f'seed1_{m}', m, seed=1) for m in ('rec', 'slide')]
   pts += [Point(f'steps4x_{m}', m, steps=4 * BASE_STEPS) for m in ('rec', 'slide')]
@@ -177,7 +178,7 @@ def _gate_open(r: dict) -> str:
 
 
 def _same_setting(r: dict, slide: dict | None) -> dict | None:
-  """base_slide, for a Rec point that differs from base_rec only on the state side (states16, gatebias2)."""
+  """base_slide, for a Rec point that differs from base_rec only on the state side (states16, gatebias2, layer2)."""
   keys = ('corpus', 'window', 'optimizer', 'steps', 'seed')
   return slide if slide and all(r[k] == slide[k] for k in keys) else None
 
