@@ -17,6 +17,7 @@ import argparse
 import json
 import multiprocessing as mp
 import pathlib
+import re
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -54,23 +55,65 @@ def _compile(queue, experiment, topology, step, batch):
 
 
 def compile_in_process(experiment, topology, step='train', batch=0) -> dict:
+  return dict(experiment=experiment, topology=topology, step=step,
+              **_in_process(_compile, experiment, topology, step, batch))
+
+
+def _fixed(queue, experiment, topology):
+  import os
+  os.chdir(ROOT)
+  from block_recurrent.train import aot, memory_plan
+  from block_recurrent import configs, ginconf
+  ginconf.parse([_gin(experiment), TASK], [])
+  devices, _ = aot.topology_devices(topology)
+  data_cfg = ginconf.bound_data_config()
+  plan = memory_plan.plan(ginconf.bound_model_config(), ginconf.bound(configs.TrainConfig), data_cfg.batch_size,
+                          ginconf.bound(configs.MeshConfig), len(devices))
+  queue.put((plan.params + plan.opt_state) / aot.GIB)
+
+
+def _in_process(target, *args):
   ctx = mp.get_context('spawn')
   queue = ctx.Queue()
-  proc = ctx.Process(target=_compile, args=(queue, experiment, topology, step, batch))
+  proc = ctx.Process(target=target, args=(queue,) + args)
   proc.start()
   result = queue.get()
   proc.join()
-  return dict(experiment=experiment, topology=topology, step=step, **result)
+  return result
+
+
+def shipped_from(table: pathlib.Path, experiment: str, topology: str) -> dict | None:
+  """The shipped batch's train row for (experiment, topology) from a table this script wrote before
+  (docs/tpu.md), as the start of a largest-batch search in place of compiling it again. Its peak is split
+  into what does not grow with the rows (parameters and optimiser state, from memory_plan: no compile)
+  and the rest (XLA's temporaries and the carries)."""
+  for line in table.read_text().splitlines():
+    cells = [c.strip() for c in line.strip().strip('|').split('|')]
+    if len(cells) != 8 or cells[2] != 'train' or cells[1] != topology or cells[5] != 'yes':
+      continue
+    if cells[0] not in (experiment, f'{experiment} (150M)'):
+      continue
+    peak, hbm = re.match(r'([0-9.]+) of ([0-9.]+) GiB', cells[4]).groups()
+    mesh = re.search(r'mesh (\d+)x(\d+)x(\d+)', cells[7]).groups()
+    flops, ratio = map(float, re.match(r'([0-9.e+]+) \(([0-9.]+)x analytic\)', cells[7]).groups())
+    fixed = _in_process(_fixed, experiment, topology)
+    return dict(experiment=experiment, topology=topology, step='train', ok=True, fits=True, rows=int(cells[3]),
+                peak_gib=float(peak), hbm_gib=float(hbm), arguments_gib=fixed, outputs_gib=0.0,
+                temporaries_gib=float(peak) - fixed, mesh=dict(zip(('data', 'fsdp', 'model'), map(int, mesh))),
+                compile_s=float(re.match(r'[0-9.]+', cells[6]).group()), xla_flops=flops, analytic_flops=flops / ratio,
+                shipped_from=str(table))
+  return None
 
 
 def largest_batch(experiment: str, topology: str, first: dict, record) -> int:
   """The largest global batch that fits, proved by two compiles: it fits, one step more does not.
 
   The batch is split over the mesh's batch axes (data x fsdp), so it grows in steps of their product.
-  Per-device peak is close to affine in rows per device: the arguments and unaliased outputs stay, XLA's
-  temporaries grow with the rows. The shipped batch's compile gives both, so it predicts the boundary; the
-  predicted batch and the next step up are compiled, and the search walks a step at a time from there until
-  the boundary is seen. Every compile is recorded (largest_batch_probe)."""
+  Per-device peak is close to affine in rows per device: the parameters and optimiser state stay, XLA's
+  temporaries grow with the rows. The shipped batch's compile gives both, so it predicts the boundary. Near
+  the boundary XLA starts recomputing activations to stay within the memory, so the prediction is often a
+  floor: from it the search gallops (1, 2, 4, ... steps) until one batch fits and a larger one does not, then
+  halves that interval down to one step. Every compile is recorded (largest_batch_probe)."""
   step = first['mesh'].get('data', 1) * first['mesh'].get('fsdp', 1)
   probes = {first['rows']: first}
 
@@ -87,13 +130,30 @@ def largest_batch(experiment: str, topology: str, first: dict, record) -> int:
   fixed = first['arguments_gib'] + first['outputs_gib']
   per_step = max(first['temporaries_gib'] / (first['rows'] / step), 1e-6)  # GiB per `step` more rows
   guess = max(step, step * int((first['hbm_gib'] - fixed) // per_step))
+  jump = step
   if fits(guess):
-    while fits(guess + step):
-      guess += step
+    lo = guess
+    while fits(lo + jump):
+      lo, jump = lo + jump, 2 * jump
+    hi = lo + jump
   else:
-    while guess > step and not fits(guess - step):
-      guess -= step
-    guess -= step
+    hi = guess
+    while True:
+      lower = max(hi - jump, step)
+      if lower == hi:  # not even one row per device fits
+        record(dict(probes[hi], largest_batch=0))
+        return 0
+      if fits(lower):
+        lo = lower
+        break
+      hi, jump = lower, 2 * jump
+  while hi - lo > step:  # lo fits, hi does not
+    mid = lo + (hi - lo) // (2 * step) * step
+    if fits(mid):
+      lo = mid
+    else:
+      hi = mid
+  guess = lo
   record(dict(probes[guess], largest_batch=guess))
   return guess
 
@@ -117,6 +177,9 @@ def main() -> None:
   parser.add_argument('--pairs', nargs='+', default=None,
                       help='EXPERIMENT:SLICE rows to compile instead of --experiments x --topologies')
   parser.add_argument('--largest_batch', action='store_true', help='also search the largest batch that fits')
+  parser.add_argument('--shipped_from', default=None, metavar='TABLE',
+                      help='with --largest_batch: take the shipped batch\'s row from this table (docs/tpu.md) '
+                      'instead of compiling it again')
   parser.add_argument('--out', default=str(ROOT / 'results' / 'tpu_table'))
   args = parser.parse_args()
   import common  # pylint: disable=import-outside-toplevel
@@ -136,8 +199,11 @@ def main() -> None:
   pairs = ([tuple(p.split(':')) for p in args.pairs] if args.pairs
            else [(e, t) for e in args.experiments for t in args.topologies])
   for experiment, topology in pairs:
-    r = compile_in_process(experiment, topology)
-    record(r)
+    known = args.largest_batch and args.shipped_from and shipped_from(pathlib.Path(args.shipped_from), experiment,
+                                                                        topology)
+    r = known or compile_in_process(experiment, topology)
+    if not known:
+      record(r)
     if args.largest_batch and r['ok'] and r['fits']:
       largest_batch(experiment, topology, r, record)
   for experiment in args.generate:
