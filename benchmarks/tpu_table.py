@@ -4,6 +4,7 @@ FLOPs per step: results/tpu_table.{md,json}, whose table docs/tpu.md carries.
 
     .venv/bin/python benchmarks/tpu_table.py                        # every row (hours on a 2-core CPU)
     .venv/bin/python benchmarks/tpu_table.py --experiments rec_fixed_skip slide13 --topologies v4-32
+    .venv/bin/python benchmarks/tpu_table.py --largest_batch --shipped_from docs/tpu.md --generate --pairs xl512:v5p-8
 
 Rows: every experiment in gin/experiments/paper/ at 150M, Rec:fixed:skip at 300M, 600M and 1.3B
 (gin/experiments/paper_sizes/), on each topology, as shipped; with --largest_batch, also the largest global
