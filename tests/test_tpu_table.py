@@ -22,20 +22,25 @@ def test_shipped_row_is_read_back_from_the_docs_table():
   assert tpu_table.shipped_from(ROOT / 'docs' / 'tpu.md', 'slide13', 'v6e-8') is None
 
 
+def _synthetic_slice(monkeypatch, peak):
+  """Compiles replaced by `peak(rows)` GiB against 17 GiB of HBM on a 4-device mesh; returns a shipped row
+  of 8 rows (2 GiB fixed, 2 GiB that grow with the rows)."""
+  def compile_in_process(experiment, topology, step='train', batch=0):
+    return dict(experiment=experiment, topology=topology, step=step, ok=True, rows=batch, peak_gib=peak(batch),
+                hbm_gib=17.0, fits=peak(batch) <= 17.0)
+
+  monkeypatch.setattr(tpu_table, 'compile_in_process', compile_in_process)
+  return dict(rows=8, mesh=dict(data=4, fsdp=1, model=1), arguments_gib=2.0, outputs_gib=0.0, temporaries_gib=2.0,
+              hbm_gib=17.0, ok=True, fits=True)
+
+
 @pytest.mark.parametrize('dip', [False, True])
 def test_largest_batch_walks_to_a_proved_boundary(monkeypatch, dip):
   """Peak grows 1 GiB per 4 rows over 2 GiB fixed; with `dip`, recomputation lowers it from 64 rows on
   (as XLA does near the limit), so the affine prediction (60 rows) is a floor and the walk goes on."""
   def peak(rows):
     return 2.0 + rows / 4 - (6.0 if dip and rows >= 64 else 0.0)
-
-  def compile_in_process(experiment, topology, step='train', batch=0):
-    return dict(experiment=experiment, topology=topology, step=step, ok=True, rows=batch, peak_gib=peak(batch),
-                hbm_gib=17.0, fits=peak(batch) <= 17.0)
-
-  monkeypatch.setattr(tpu_table, 'compile_in_process', compile_in_process)
-  first = dict(rows=8, mesh=dict(data=4, fsdp=1, model=1), arguments_gib=2.0, outputs_gib=0.0,
-               temporaries_gib=2.0, hbm_gib=17.0, ok=True, fits=True)
+  first = _synthetic_slice(monkeypatch, peak)
   recorded = []
   best = tpu_table.largest_batch('x', 'v5p-8', first, recorded.append)
   assert best == (84 if dip else 60)
@@ -46,14 +51,7 @@ def test_largest_batch_walks_to_a_proved_boundary(monkeypatch, dip):
 
 def test_largest_batch_searches_down_from_a_prediction_that_does_not_fit(monkeypatch):
   peak = lambda rows: 2.0 + rows / 2  # twice the per-row memory the shipped row suggested
-
-  def compile_in_process(experiment, topology, step='train', batch=0):
-    return dict(experiment=experiment, topology=topology, step=step, ok=True, rows=batch, peak_gib=peak(batch),
-                hbm_gib=17.0, fits=peak(batch) <= 17.0)
-
-  monkeypatch.setattr(tpu_table, 'compile_in_process', compile_in_process)
-  first = dict(rows=8, mesh=dict(data=4, fsdp=1, model=1), arguments_gib=2.0, outputs_gib=0.0,
-               temporaries_gib=2.0, hbm_gib=17.0, ok=True, fits=True)
+  first = _synthetic_slice(monkeypatch, peak)
   assert tpu_table.largest_batch('x', 'v5p-8', first, lambda r: None) == 28
 
 
