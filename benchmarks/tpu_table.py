@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import pathlib
 import re
@@ -36,17 +37,22 @@ def _gin(experiment: str) -> str:
   return f'gin/experiments/{folder}/{experiment}.gin'
 
 
-def _compile(queue, experiment, topology, step, batch):
+def _bind(experiment: str, batch: int = 0):
+  """The experiment's (model, data, train, mesh) configs as brt-compile binds them; batch: rows, 0 as shipped."""
   import os
   os.chdir(ROOT)
-  from block_recurrent.train import aot
   from block_recurrent import configs, ginconf
-  params = [f'configs.DataConfig.batch_size = {batch}'] if batch else []
+  ginconf.parse([_gin(experiment), TASK], [f'configs.DataConfig.batch_size = {batch}'] if batch else [])
+  return (ginconf.bound_model_config(), ginconf.bound_data_config(), ginconf.bound(configs.TrainConfig),
+          ginconf.bound(configs.MeshConfig))
+
+
+def _compile(queue, experiment, topology, step, batch):
+  from block_recurrent.train import aot
+  from block_recurrent import configs
   try:
-    ginconf.parse([_gin(experiment), TASK], params)
-    model_cfg, data_cfg = ginconf.bound_model_config(), ginconf.bound_data_config()
-    r = aot.compile_step(model_cfg, data_cfg, ginconf.bound(configs.TrainConfig), ginconf.bound(configs.MeshConfig),
-                         topology, step)
+    model_cfg, data_cfg, train_cfg, mesh_cfg = _bind(experiment, batch)
+    r = aot.compile_step(model_cfg, data_cfg, train_cfg, mesh_cfg, topology, step)
     queue.put(dict(ok=True, rows=r.rows, peak_gib=r.peak / aot.GIB, hbm_gib=r.hbm_gib, fits=r.fits,
                    compile_s=r.compile_seconds, xla_flops=r.xla_flops, arguments_gib=r.arguments / aot.GIB,
                    outputs_gib=(r.outputs - r.aliased) / aot.GIB, temporaries_gib=r.temporaries / aot.GIB, analytic_flops=r.analytic_flops,
@@ -60,16 +66,10 @@ def compile_in_process(experiment, topology, step='train', batch=0) -> dict:
               **_in_process(_compile, experiment, topology, step, batch))
 
 
-def _fixed(queue, experiment, topology):
-  import os
-  os.chdir(ROOT)
+def _fixed(queue, experiment, num_devices):
   from block_recurrent.train import aot, memory_plan
-  from block_recurrent import configs, ginconf
-  ginconf.parse([_gin(experiment), TASK], [])
-  devices, _ = aot.topology_devices(topology)
-  data_cfg = ginconf.bound_data_config()
-  plan = memory_plan.plan(ginconf.bound_model_config(), ginconf.bound(configs.TrainConfig), data_cfg.batch_size,
-                          ginconf.bound(configs.MeshConfig), len(devices))
+  model_cfg, data_cfg, train_cfg, mesh_cfg = _bind(experiment)
+  plan = memory_plan.plan(model_cfg, train_cfg, data_cfg.batch_size, mesh_cfg, num_devices)
   queue.put((plan.params + plan.opt_state) / aot.GIB)
 
 
@@ -95,12 +95,12 @@ def shipped_from(table: pathlib.Path, experiment: str, topology: str) -> dict | 
     if cells[0] not in (experiment, f'{experiment} (150M)'):
       continue
     peak, hbm = re.match(r'([0-9.]+) of ([0-9.]+) GiB', cells[4]).groups()
-    mesh = re.search(r'mesh (\d+)x(\d+)x(\d+)', cells[7]).groups()
+    mesh = dict(zip(('data', 'fsdp', 'model'), map(int, re.search(r'mesh (\d+)x(\d+)x(\d+)', cells[7]).groups())))
     flops, ratio = map(float, re.match(r'([0-9.e+]+) \(([0-9.]+)x analytic\)', cells[7]).groups())
-    fixed = _in_process(_fixed, experiment, topology)
+    fixed = _in_process(_fixed, experiment, math.prod(mesh.values()))
     return dict(experiment=experiment, topology=topology, step='train', ok=True, fits=True, rows=int(cells[3]),
                 peak_gib=float(peak), hbm_gib=float(hbm), arguments_gib=fixed, outputs_gib=0.0,
-                temporaries_gib=float(peak) - fixed, mesh=dict(zip(('data', 'fsdp', 'model'), map(int, mesh))),
+                temporaries_gib=float(peak) - fixed, mesh=mesh,
                 compile_s=float(re.match(r'[0-9.]+', cells[6]).group()), xla_flops=flops, analytic_flops=flops / ratio,
                 shipped_from=str(table))
   return None
